@@ -1,0 +1,293 @@
+"""The deployment file: one YAML document describing a 911 authority.
+
+It names the authority, its GIS layers (one per service URN), its street centerlines for the
+LVF, its PSAPs (SIP URIs, 10-digit business lines, alternates) and its elements with their
+listen addresses. Later parts of firebox add sections; unknown keys are errors so that a typo
+never silently disables something.
+
+Validation errors name the key path *and* the line of the file, e.g.::
+
+    deployment.yaml line 14: psaps[2].business_line: '555-0101' is not a 10-digit NANP number
+
+Relative paths are resolved against the directory of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+SERVICE_URN = re.compile(r"^urn:service:[a-z0-9][a-z0-9.\-]*$")
+SIP_URI = re.compile(r"^sips?:[^\s@]+@[^\s@]+$|^sips?:[^\s@]+$")
+_DIGITS = re.compile(r"\D")
+
+
+class DeploymentError(ValueError):
+    """The deployment file is unreadable or invalid; ``problems`` lists every one found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _ten_digit(value: str) -> str:
+    digits = _DIGITS.sub("", value)
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    if len(digits) != 10 or digits[0] in "01" or digits[3] in "01":
+        raise ValueError(f"'{value}' is not a 10-digit NANP number")
+    return digits
+
+
+def _listen(value: object) -> str:
+    value = str(value)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' is not HOST:PORT")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"'{value}' is not an http:// or https:// URL")
+    return value
+
+
+BusinessLine = Annotated[str, BeforeValidator(str), AfterValidator(_ten_digit)]
+Listen = Annotated[str, BeforeValidator(_listen)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Authority(_Model):
+    """The 911 authority (a state 911 office): its name, its domain (element ids and
+    ``source`` values are built under it), and the state it serves."""
+
+    name: str
+    domain: str = Field(pattern=r"^[A-Za-z0-9.\-]+$")
+    state: str = Field(min_length=2, max_length=2)
+
+
+class LayerConfig(_Model):
+    """One boundary layer (GeoJSON, GeoPackage or Shapefile) for one service URN."""
+
+    service: str
+    path: Path
+    layer: str | None = None
+    id_attribute: str = "id"
+    name_attribute: str = "name"
+    uri_attribute: str | None = "uri"
+    uri_template: str | None = None
+
+    @field_validator("service")
+    @classmethod
+    def _urn(cls, v: str) -> str:
+        if not SERVICE_URN.match(v):
+            raise ValueError(f"'{v}' is not a service URN like urn:service:sos.police")
+        return v
+
+
+class StreetsConfig(_Model):
+    """Road centerlines with address ranges (Cambridge's schema), for the LVF."""
+
+    path: Path
+    municipality: str | None = None
+    state: str | None = None
+    town_attribute: str | None = "Town"
+
+
+class GisConfig(_Model):
+    layers: list[LayerConfig] = Field(min_length=1)
+    streets: list[StreetsConfig] = []
+    aliases: dict[str, str] = {}
+    outline: Path | None = None
+
+
+class PsapConfig(_Model):
+    """A PSAP: where its calls go, its 10-digit business line, and who takes over when it
+    cannot (``alternates``, in order; NENA i3 section 4.2 policy routing)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._\-]+$")
+    name: str
+    uri: str
+    business_line: BusinessLine
+    alternates: list[str] = []
+    towns: list[str] = []
+
+    @field_validator("uri")
+    @classmethod
+    def _sip(cls, v: str) -> str:
+        if not SIP_URI.match(v):
+            raise ValueError(f"'{v}' is not a sip: or sips: URI")
+        return v
+
+
+class PeerConfig(_Model):
+    """Another LoST server, asked for locations outside this ECRF's own data."""
+
+    uri: HttpUrl
+    covers: Path | None = None
+
+
+class EcrfConfig(_Model):
+    listen: Listen = "127.0.0.1:7070"
+    ttl_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+    peers: list[PeerConfig] = []
+
+
+class LisConfig(_Model):
+    listen: Listen = "127.0.0.1:7070"
+    #: Location URI lifetime; RFC 5985 / NENA i3 bound it to 30 minutes .. 24 hours.
+    uri_lifetime_seconds: int = Field(default=1800, ge=1800, le=86400)
+
+
+class WebConfig(_Model):
+    listen: Listen = "127.0.0.1:7070"
+
+
+class Elements(_Model):
+    ecrf: EcrfConfig | None = EcrfConfig()
+    lis: LisConfig | None = LisConfig()
+    web: WebConfig | None = WebConfig()
+
+
+class Deployment(_Model):
+    authority: Authority
+    gis: GisConfig
+    psaps: list[PsapConfig] = []
+    elements: Elements = Elements()
+    #: Where the file was read from (set by ``load_deployment``); not a YAML key.
+    source: Path | None = Field(default=None, exclude=True)
+
+    def cross_check(self) -> list[tuple[tuple[Any, ...], str]]:
+        """Problems that span keys (duplicate ids, dangling references), each with the key
+        path it belongs to."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        services: set[str] = set()
+        for n, layer in enumerate(self.gis.layers):
+            if layer.service in services:
+                problems.append((("gis", "layers", n, "service"), f"a second layer for {layer.service}"))
+            services.add(layer.service)
+        known: set[str] = set()
+        for n, psap in enumerate(self.psaps):
+            if psap.id in known:
+                problems.append((("psaps", n, "id"), f"duplicate PSAP id '{psap.id}'"))
+            known.add(psap.id)
+        for n, psap in enumerate(self.psaps):
+            for k, alt in enumerate(psap.alternates):
+                if alt == psap.id:
+                    problems.append((("psaps", n, "alternates", k), "a PSAP cannot be its own alternate"))
+                elif alt not in known:
+                    problems.append((("psaps", n, "alternates", k), f"unknown PSAP id '{alt}'"))
+        return problems
+
+    def psap(self, psap_id: str) -> PsapConfig | None:
+        return next((p for p in self.psaps if p.id == psap_id), None)
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` relative to the deployment file's directory."""
+        if path.is_absolute() or self.source is None:
+            return path
+        return (self.source.parent / path).resolve()
+
+
+# --- line numbers ---------------------------------------------------------------------
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], int]]:
+    yield path, node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            yield path + (k,), key.start_mark.line + 1
+            for sub, line in _line_map(value, path + (k,)):
+                if sub != path + (k,):
+                    yield sub, line
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _line_map(item, path + (i,))
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    # The deepest key present in the file (a missing key points at its parent).
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def parse_deployment(text: str, source: str = "deployment.yaml", base: Path | None = None) -> Deployment:
+    """Validate YAML text; raise ``DeploymentError`` listing every problem with its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DeploymentError(source, [f"{source}{where}: not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise DeploymentError(source, [f"{source}: expected a mapping at the top level"])
+    lines = dict(_line_map(node)) if node is not None else {}
+    try:
+        dep = Deployment.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            line = _line_for(lines, loc)
+            where = f" line {line}" if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{source}{where}: {_format_loc(loc)}: {msg}")
+        raise DeploymentError(source, problems) from None
+    cross = dep.cross_check()
+    if cross:
+        raise DeploymentError(
+            source,
+            [f"{source} line {_line_for(lines, loc) or 1}: {_format_loc(loc)}: {msg}" for loc, msg in cross],
+        )
+    if base is not None:
+        dep = dep.model_copy(update={"source": base})
+    return dep
+
+
+def load_deployment(path: str | Path) -> Deployment:
+    """Read and validate a deployment file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeploymentError(str(p), [f"{p}: cannot read: {exc.strerror}"]) from None
+    return parse_deployment(text, source=str(p), base=p.resolve())
+
+
+def dump_deployment(dep: Deployment) -> str:
+    """YAML text for ``dep`` (paths as written, defaults included)."""
+    data = dep.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,106 @@
+// The demo page: draws the towns from GeoJSON into an SVG (equirectangular, scaled by
+// cos(latitude)), asks the ECRF over LoST when the map is clicked, and polls live counts.
+"use strict";
+const LOST_NS = "urn:ietf:params:xml:ns:lost1";
+const svg = document.getElementById("map");
+let proj = null;
+
+function makeProjection(bbox) {
+  const [minx, miny, maxx, maxy] = bbox;
+  const k = Math.cos(((miny + maxy) / 2) * Math.PI / 180);
+  const w = (maxx - minx) * k, h = maxy - miny;
+  svg.setAttribute("viewBox", `0 0 ${w * 1000} ${h * 1000}`);
+  return {
+    fwd: ([x, y]) => [(x - minx) * k * 1000, (maxy - y) * 1000],
+    inv: (px, py) => [px / (k * 1000) + minx, maxy - py / 1000],
+  };
+}
+
+function ringPath(ring) {
+  return ring.map((p, i) => (i ? "L" : "M") + proj.fwd(p).map((v) => v.toFixed(2)).join(",")).join("") + "Z";
+}
+
+function geomPath(g) {
+  const polys = g.type === "Polygon" ? [g.coordinates] : g.coordinates;
+  return polys.map((poly) => poly.map(ringPath).join("")).join("");
+}
+
+function colour(i) { return `hsl(${(i * 137.508) % 360} 55% 72%)`; }
+
+async function load() {
+  const [state, towns] = await Promise.all([
+    fetch("api/state").then((r) => r.json()),
+    fetch("api/towns.geojson").then((r) => r.json()),
+  ]);
+  document.getElementById("authority").textContent = "— " + state.authority;
+  proj = makeProjection(state.bbox);
+  const psapIndex = new Map(state.psaps.map((p, i) => [p.id, i]));
+  const frag = document.createDocumentFragment();
+  for (const f of towns.features) {
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("d", geomPath(f.geometry));
+    path.setAttribute("fill", colour(psapIndex.get(f.properties.psap_id) ?? 0));
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${f.properties.name} (pop. ${f.properties.population ?? "?"}) — ${f.properties.psap_id ?? ""}`;
+    path.appendChild(title);
+    frag.appendChild(path);
+  }
+  svg.appendChild(frag);
+  svg.addEventListener("click", onClick);
+  refresh();
+  setInterval(refresh, 2000);
+}
+
+async function refresh() {
+  const s = await fetch("api/stats").then((r) => r.json());
+  document.getElementById("summary").textContent =
+    `${s.towns} towns · ${s.psaps.length} PSAPs · ${s.queries} LoST queries answered · ${s.errors} errors`;
+  const body = document.querySelector("#psaps tbody");
+  body.replaceChildren(...s.psaps.map((p) => {
+    const tr = document.createElement("tr");
+    for (const [v, cls] of [[p.name, ""], [p.towns, "n"], [p.business_line, ""], [p.queries, "n"]]) {
+      const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+async function onClick(ev) {
+  const pt = svg.createSVGPoint(); pt.x = ev.clientX; pt.y = ev.clientY;
+  const loc = pt.matrixTransform(svg.getScreenCTM().inverse());
+  const [lon, lat] = proj.inv(loc.x, loc.y);
+  svg.querySelectorAll("circle.q").forEach((c) => c.remove());
+  const c = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+  c.setAttribute("class", "q"); c.setAttribute("cx", loc.x); c.setAttribute("cy", loc.y); c.setAttribute("r", 6);
+  svg.appendChild(c);
+  const body = `<?xml version="1.0" encoding="UTF-8"?>
+<findService xmlns="${LOST_NS}" xmlns:gml="http://www.opengis.net/gml" serviceBoundary="reference">
+ <location id="click" profile="geodetic-2d"><gml:Point srsName="urn:ogc:def:crs:EPSG::4326"><gml:pos>${lat.toFixed(6)} ${lon.toFixed(6)}</gml:pos></gml:Point></location>
+ <service>urn:service:sos</service>
+</findService>`;
+  const r = await fetch("lost", { method: "POST", headers: { "Content-Type": "application/lost+xml" }, body });
+  const doc = new DOMParser().parseFromString(await r.text(), "application/xml");
+  const out = document.getElementById("answer");
+  const m = doc.getElementsByTagNameNS(LOST_NS, "mapping")[0];
+  const pick = (el, n) => el.getElementsByTagNameNS(LOST_NS, n)[0]?.textContent ?? "";
+  if (!m) {
+    const e = doc.documentElement.firstElementChild;
+    out.innerHTML = "";
+    const p = document.createElement("p"); p.className = "err";
+    p.textContent = `${doc.documentElement.localName}: ${e ? e.localName + " — " + (e.getAttribute("message") || "") : ""}`;
+    out.appendChild(p);
+    return;
+  }
+  const rows = [["point", `${lat.toFixed(5)}, ${lon.toFixed(5)}`], ["PSAP", pick(m, "displayName")],
+    ["URI", pick(m, "uri")], ["dial", pick(m, "serviceNumber")], ["source", m.getAttribute("source")],
+    ["expires", m.getAttribute("expires")]];
+  const dl = document.createElement("dl");
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  out.replaceChildren(dl);
+}
+
+load();
