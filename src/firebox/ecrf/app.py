@@ -1,0 +1,188 @@
+"""HTTP adapter of the ECRF: LoST over HTTP (RFC 5222 section 18) with Starlette.
+
+``POST /lost`` (and ``POST /``) takes a LoST request in the body whatever its Content-Type
+says (clients send ``application/lost+xml``, ``text/xml``, ``application/xml`` or nothing)
+and answers ``200 application/lost+xml``, errors included: section 13 puts errors in the
+body of a successful HTTP answer. A body that is not a LoST request (malformed XML, a DTD,
+too large, empty) is an ``<errors><badRequest>`` naming the problem, never a 500.
+
+When the core asks for recursion (``Forward``), the peer is queried over HTTP with httpx,
+bounded by ``forward_timeout`` (``serverTimeout`` when it runs out, ``serverError`` when the
+peer cannot be reached or answers garbage). This uses httpx directly rather than
+``firebox.lost.client``: the forwarded request must carry our ``via`` in its path (loop
+detection, section 6.4), which that client's requests do not expose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from firebox.ecrf.service import Ecrf, Forward
+from firebox.lost import codec
+from firebox.lost.messages import (
+    ErrorKind,
+    ErrorsResponse,
+    FindServiceResponse,
+    ListServicesByLocationResponse,
+    LostError,
+    Redirect,
+)
+from firebox.xmlsafe import MAX_XML_BYTES
+
+MEDIA_TYPE = codec.MEDIA_TYPE
+_MEDIA_TYPE_B = MEDIA_TYPE.encode()
+_PEER_ANSWERS = (FindServiceResponse, ListServicesByLocationResponse, ErrorsResponse, Redirect)
+
+
+class _AsgiEndpoint:
+    """Starlette runs a Route whose endpoint is not a function as a plain ASGI app."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any]):
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def create_ecrf_app(
+    ecrf: Ecrf,
+    lost_client_factory: Callable[[], httpx.AsyncClient] | None = None,
+    *,
+    forward_timeout: float = 2.0,
+    max_body: int = MAX_XML_BYTES,
+) -> Starlette:
+    """A Starlette app serving ``ecrf``. ``lost_client_factory`` builds the HTTP client used
+    to query peers (default: ``httpx.AsyncClient``), created on the first forward and closed
+    when the app shuts down."""
+    source = ecrf.source
+    handle = ecrf.handle
+    parse = codec.parse
+    serialize = codec.serialize
+    clients: list[httpx.AsyncClient] = []
+
+    def error(kind: ErrorKind, message: str) -> bytes:
+        # Messages quote what the client sent; keep only what XML can carry.
+        safe = "".join(c if c.isprintable() else " " for c in message)
+        return serialize(ErrorsResponse(source, [LostError(kind, safe)]))
+
+    async def forward(fwd: Forward, original: Any) -> Any:
+        if not clients:
+            factory = lost_client_factory or (lambda: httpx.AsyncClient(timeout=forward_timeout))
+            clients.append(factory())
+        client = clients[0]
+        try:
+            async with asyncio.timeout(forward_timeout):
+                answer = await client.post(
+                    fwd.target_uri,
+                    content=serialize(fwd.request),
+                    headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE},
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            return ErrorsResponse(source, [LostError(
+                ErrorKind.SERVER_TIMEOUT,
+                f"peer {fwd.target_uri} did not answer within {forward_timeout:g} s",
+            )])  # fmt: skip
+        except (httpx.HTTPError, OSError) as exc:
+            return ErrorsResponse(source, [LostError(
+                ErrorKind.SERVER_ERROR,
+                f"cannot reach peer {fwd.target_uri}: {type(exc).__name__}: {exc}",
+            )])  # fmt: skip
+        try:
+            message = parse(answer.content)
+        except codec.LostParseError as exc:
+            return ErrorsResponse(source, [LostError(
+                ErrorKind.SERVER_ERROR,
+                f"peer {fwd.target_uri} answered HTTP {answer.status_code} with no usable "
+                f"LoST message: {exc.message}",
+            )])  # fmt: skip
+        if not isinstance(message, _PEER_ANSWERS):
+            return ErrorsResponse(source, [LostError(
+                ErrorKind.SERVER_ERROR,
+                f"peer {fwd.target_uri} answered a {type(fwd.request).__name__} with "
+                f"{type(message).__name__}",
+            )])  # fmt: skip
+        return ecrf.complete_forward(original, message, datetime.now(UTC))
+
+    async def answer(body: bytes) -> bytes:
+        try:
+            message = parse(body)
+        except codec.LostParseError as exc:
+            return error(exc.kind, exc.message)
+        try:
+            out = handle(message, datetime.now(UTC))
+            if type(out) is Forward:
+                out = await forward(out, message)
+            return serialize(out)
+        except Exception as exc:  # never a 500 for a LoST client: answer internalError
+            return error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    async def lost(scope: Scope, receive: Receive, send: Send) -> None:
+        """The LoST endpoint as a bare ASGI app (a Starlette Route runs it directly): no
+        Request/Response objects on the hot path, the body read with a bound."""
+        declared = -1
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = int(value) if value.isdigit() else -1
+                break
+        if declared > max_body:
+            out = error(ErrorKind.BAD_REQUEST, f"body of {declared} bytes exceeds the limit of {max_body} bytes")
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            too_large = False
+            while True:
+                event = await receive()
+                if event["type"] != "http.request":  # the client went away
+                    return
+                chunk = event.get("body", b"")
+                if chunk and not too_large:
+                    size += len(chunk)
+                    if size > max_body:
+                        too_large, chunks = True, []
+                    else:
+                        chunks.append(chunk)
+                if not event.get("more_body", False):
+                    break
+                if too_large:
+                    break  # stop reading: the answer does not depend on the rest
+            if too_large:
+                out = error(ErrorKind.BAD_REQUEST, f"body of more than {max_body} bytes exceeds the limit")
+            else:
+                out = await answer(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", _MEDIA_TYPE_B),
+                (b"content-length", str(len(out)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": out})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for client in clients:
+                await client.aclose()
+            clients.clear()
+
+    endpoint = _AsgiEndpoint(lost)
+    routes = [
+        Route("/lost", endpoint, methods=["POST"]),
+        Route("/", endpoint, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
