@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -388,6 +388,37 @@ class Lvf:
         lvf = cls(
             segments, address_points=address_points, aliases=table, country=country, setback=setback
         )
+        lvf.skipped = skipped
+        return lvf
+
+    @classmethod
+    def from_configs(
+        cls,
+        sources: Iterable[tuple[str | Path, str | None, str | None, str | None]],
+        *,
+        aliases: Mapping[str, str] | None = None,
+        country: str = "US",
+    ) -> Lvf:
+        """One LVF over several centerline files, as a deployment file lists them: each
+        source is ``(path, default town, default state, town attribute)``. The alias table is
+        the built-in one plus the deployment's own plus every file's data aliases."""
+        table = AliasTable(DEFAULT_ALIASES)
+        table.update(AliasTable(aliases or {}))
+        segments: list[StreetSegment] = []
+        skipped: list[str] = []
+        for path, town, state, town_attr in sources:
+            part = cls.from_geojson(
+                path,
+                default_town=town,
+                default_state=state,
+                fields=replace(CenterlineFields(), town=town_attr),
+                aliases={},
+                country=country,
+            )
+            table.update(part.aliases)
+            segments.extend(part.segments)
+            skipped.extend(f"{Path(path).name}: {s}" for s in part.skipped)
+        lvf = cls(segments, aliases=table, country=country)
         lvf.skipped = skipped
         return lvf
 

@@ -241,6 +241,11 @@ class AliasTable:
     def lookup(self, key: str) -> frozenset[str]:
         return frozenset(self._map.get(key, ()))
 
+    def update(self, other: AliasTable) -> None:
+        """Add every alias of ``other`` (keys are already normalized there)."""
+        for alias, canonicals in other._map.items():
+            self._map.setdefault(alias, set()).update(canonicals)
+
     def __len__(self) -> int:
         return len(self._map)
 
