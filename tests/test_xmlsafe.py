@@ -35,6 +35,29 @@ def test_rejects_with_reason(body, message):
 
 
 def test_external_dtd_is_refused_not_fetched():
-    # A DOCTYPE pointing at the network is refused by the parser (no_network), never fetched.
-    with pytest.raises(XmlError, match="network"):
+    # A DOCTYPE pointing at the network is refused by the resolver, never fetched.
+    with pytest.raises(XmlError, match="refused"):
         parse_xml(b'<!DOCTYPE r SYSTEM "http://127.0.0.1:9/evil.dtd"><r>ok</r>')
+
+
+def test_local_files_are_never_opened_so_existence_does_not_leak(tmp_path):
+    present = tmp_path / "present.dtd"
+    present.write_text("not a dtd")
+    answers = []
+    for path in (present, tmp_path / "absent.dtd"):
+        with pytest.raises(XmlError) as info:
+            parse_xml(f'<!DOCTYPE r SYSTEM "file://{path}"><r>ok</r>'.encode())
+        answers.append(str(info.value).replace(str(path), "P"))
+    assert answers[0] == answers[1] and "refused" in answers[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!DOCTYPE r><r/>",
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY x "y">]><r>&x;</r>'.encode("utf-16"),
+    ],
+)
+def test_every_doctype_is_refused_in_any_encoding(body):
+    with pytest.raises(XmlError, match="DOCTYPE"):
+        parse_xml(body)

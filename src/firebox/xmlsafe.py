@@ -1,8 +1,9 @@
 """Safe XML parsing shared by every codec (LoST, HELD, PIDF-LO, later CAP).
 
 Untrusted bodies arrive from carriers, PSAPs and the public. The parser never resolves
-external entities, never touches the network, refuses DTDs with entity declarations
-(billion laughs), and caps the body size (libxml2's own limit caps the depth at 256 levels). Every failure is an
+external entities, never opens a file or touches the network, refuses every DOCTYPE (no
+firebox protocol uses a DTD; entity declarations are billion-laughs and XXE attacks), and
+caps the body size (libxml2's own limit caps the depth at 256 levels). Every failure is an
 ``XmlError`` with a message naming what was wrong, so a protocol layer can turn it into
 its own precise error (LoST ``badRequest``, HELD ``xmlError``) instead of a 500.
 """
@@ -20,6 +21,14 @@ class XmlError(ValueError):
     """A body that is not acceptable XML; ``str()`` names the problem."""
 
 
+class _Refuse(etree.Resolver):
+    """Refuses every external resource (DTD, entity) so that the parser opens no file: a
+    client could otherwise learn which files exist on the server from the answer."""
+
+    def resolve(self, url, pubid, context):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+        raise etree.XMLSyntaxError(f"external resource {url!r} refused", None, 0, 0)
+
+
 _PARSER = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
@@ -30,6 +39,7 @@ _PARSER = etree.XMLParser(
     remove_pis=True,
     collect_ids=False,
 )
+_PARSER.resolvers.add(_Refuse())
 
 
 def parse_xml(data: bytes | str, *, max_bytes: int = MAX_XML_BYTES) -> etree._Element:
@@ -52,6 +62,8 @@ def parse_xml(data: bytes | str, *, max_bytes: int = MAX_XML_BYTES) -> etree._El
         raise XmlError(f"malformed XML: {exc.msg} (line {exc.lineno})") from None
     if root is None:
         raise XmlError("no root element")
+    if root.getroottree().docinfo.doctype:
+        raise XmlError("DOCTYPE declarations are not accepted (no firebox protocol uses a DTD)")
     return root
 
 

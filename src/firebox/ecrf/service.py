@@ -228,6 +228,13 @@ def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
     return []
 
 
+def _clip(simplified: BaseGeometry, geom: BaseGeometry) -> BaseGeometry:
+    """``simplified`` cut back to ``geom``. GEOS can move a polygon's ring by more than the
+    simplification tolerance (by about a third more, near where the ring starts), so shrinking
+    by the tolerance alone does not keep a simplified boundary inside the true one."""
+    return simplified if simplified.within(geom) else shapely.intersection(simplified, geom)
+
+
 def boundary_shapes(geom: BaseGeometry, max_vertices: int) -> list[Polygon]:
     """A boundary as PIDF-LO Polygons: one per polygon, exterior rings only, counter-clockwise
     (RFC 5491 section 5.2.2), simplified inward when it has more than ``max_vertices``."""
@@ -239,13 +246,13 @@ def boundary_shapes(geom: BaseGeometry, max_vertices: int) -> list[Polygon]:
         shrunk_geom = geom
         for _ in range(24):
             shrunk = geom.buffer(-tol, quad_segs=2)
-            shrunk_geom = shapely.simplify(shrunk, tol, preserve_topology=True)
+            shrunk_geom = _clip(shapely.simplify(shrunk, tol, preserve_topology=True), geom)
             polys = _polygons(shrunk_geom)
             total = sum(len(p.exterior.coords) for p in polys)
             if polys and total <= max_vertices:
                 break
             if not polys:  # too thin to shrink: plain simplification instead
-                polys = _polygons(shapely.simplify(geom, tol, preserve_topology=True))
+                polys = _polygons(_clip(shapely.simplify(geom, tol, preserve_topology=True), geom))
                 total = sum(len(p.exterior.coords) for p in polys)
                 if total <= max_vertices:
                     break
