@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from lxml import etree
 
@@ -233,9 +233,19 @@ def _location_content(el: etree._Element, loc_id: str, profile: str | None) -> L
         try:
             shape = parse_shape(shape_el)
         except GmlError as exc:
-            # gml names srsName problems; those are SRSInvalid (section 13.1).
-            kind = ErrorKind.SRS_INVALID if "srsName" in str(exc) else ErrorKind.LOCATION_INVALID
+            # gml names srsName problems first, as "<Shape>: missing/unsupported srsName";
+            # those are SRSInvalid (section 13.1). Matching the prefix, not "srsName" anywhere,
+            # keeps a caller's own text (a <pos> reading "srsName") from changing the kind.
+            shape_name = local_name(shape_el)
+            srs = str(exc).startswith(
+                (f"{shape_name}: missing srsName", f"{shape_name}: unsupported srsName")
+            )
+            kind = ErrorKind.SRS_INVALID if srs else ErrorKind.LOCATION_INVALID
             raise LostParseError(kind, f"{where}: {exc}") from None
+        except ValueError as exc:  # e.g. int() of a non-numeric posList srsDimension
+            raise LostParseError(
+                ErrorKind.LOCATION_INVALID, f"{where}: <{local_name(shape_el)}>: {exc}"
+            ) from None
         return Location(id=loc_id, profile=profile, shape=shape)
     if profile == Profile.CIVIC:
         if civic_el is None:
@@ -456,6 +466,10 @@ def parse(data: bytes | str) -> Message:
         root = parse_xml(data)
     except XmlError as exc:
         raise _bad(str(exc)) from None
+    except UnicodeEncodeError as exc:  # a str holding a lone surrogate cannot become UTF-8
+        raise _bad(
+            f"body is not valid Unicode text: {exc.reason} (character {exc.start})"
+        ) from None
     tag = root.tag
     reader = _READERS.get(tag[_LOST_PREFIX_LEN:]) if tag.startswith(_LOST_PREFIX) else None
     if reader is None:
@@ -480,6 +494,9 @@ def format_time(value: datetime) -> str:
     """RFC 3339, ``Z`` for UTC."""
     if value.tzinfo is None:
         raise ValueError(f"timestamp {value.isoformat()} has no time zone")
+    offset = value.utcoffset()
+    if offset is not None and offset % timedelta(minutes=1):
+        value = value.astimezone(UTC)  # RFC 3339 offsets are whole minutes
     out = value.isoformat()
     return out[:-6] + "Z" if out.endswith("+00:00") else out
 
