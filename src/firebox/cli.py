@@ -25,6 +25,8 @@ app.add_typer(deployment_app, name="deployment")
 app.add_typer(lost_app, name="lost")
 
 console = Console()
+#: Generated callers the demo's LIS holds (population-weighted across the towns).
+DEMO_CALLERS = 5000
 err = Console(stderr=True)
 
 
@@ -96,16 +98,19 @@ def demo(
     ] = None,
 ) -> None:
     """Generate a state (towns, PSAPs, streets, fire alarm boxes) and run firebox on it."""
-    from firebox.node import build_node, run_node, write_demo
+    from firebox.node import attach_callers, build_node, run_node, write_demo
 
     target = write or workdir
-    deployment_file = write_demo(target, seed=seed, n_towns=towns, listen=listen, console=console)
+    deployment_file, state = write_demo(target, seed=seed, n_towns=towns, listen=listen, console=console)
     if write is not None:
         console.print(f"wrote {deployment_file}")
         return
+    from firebox.demo.state import sample_callers
     from firebox.deployment import load_deployment
 
-    node = build_node(load_deployment(deployment_file), console=console, demo_seed=seed)
+    # The demo starts through the same loader as `firebox serve`, from the files just written.
+    node = build_node(load_deployment(deployment_file), console=console)
+    attach_callers(node, sample_callers(state, DEMO_CALLERS, seed=seed))
     run_node(node, console=console, duration=duration, caller_rate=rate)
 
 

@@ -78,7 +78,7 @@ def _source(dep: Deployment, element: str) -> str:
     return f"{element}.{dep.authority.domain}"
 
 
-def build_node(dep: Deployment, *, console: Console | None = None, **_: Any) -> Node:
+def build_node(dep: Deployment, *, console: Console | None = None) -> Node:
     """Load everything ``dep`` names. GIS problems are printed, never hidden."""
     from firebox.gis.layers import load_boundary_layer
 
@@ -210,12 +210,32 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def attach_callers(node: Node, callers: list[tuple[float, float, str]]) -> None:
+    """Give the node a generated caller population: each caller (lon, lat, town id) gets a
+    device identity, and the LIS, when there is one, holds its location (NENA i3 LIS: the
+    access network's record of where each device is)."""
+    from firebox.location.shapes import Point
+
+    node.callers = callers
+    if node.lis is None:
+        return
+    for i, (lon, lat, _town) in enumerate(callers):
+        node.lis.set_location(caller_identity(i), Point(lat, lon), method="GPS")
+
+
+def caller_identity(i: int) -> str:
+    """The tel: URI of generated caller ``i`` (555 numbers: never a real subscriber)."""
+    return f"tel:+1{200 + i // 10_000:03d}555{i % 10_000:04d}"
+
+
 async def _caller_load(node: Node, rate: float) -> None:
-    """Generated callers: locate each through the LIS (HELD) when there is one, then ask the
-    ECRF (LoST) which PSAP serves them. Bounded by the run; paced at ``rate`` per second."""
+    """Generated callers, paced at ``rate`` per second until the run ends: locate each caller
+    through the LIS over HELD, by value, or every fourth call by reference (a location URI,
+    then its dereference, RFC 6753), as an ESRP would; then ask the ECRF over LoST which PSAP
+    serves that location."""
     import httpx
 
-    from firebox.held.codec import LocationRequest, LocationResponse
+    from firebox.held.codec import LocationRequest, LocationResponse, dereference_request
     from firebox.held.codec import parse as held_parse
     from firebox.held.codec import serialize as held_serialize
     from firebox.location.pidf import best_location
@@ -225,28 +245,38 @@ async def _caller_load(node: Node, rate: float) -> None:
 
     dep = node.deployment
     assert dep.elements.ecrf is not None
-    lost = AsyncLostClient(f"http://{dep.elements.ecrf.listen}/lost", cache=False)
+    lost = AsyncLostClient(f"http://{dep.elements.ecrf.listen}/lost", cache=None)
+    held_url = f"http://{dep.elements.lis.listen}/held" if node.lis and dep.elements.lis else None
     rng = random.Random(7)
     stats = node.stats
+
+    async def locate(http: httpx.AsyncClient, i: int, by_reference: bool) -> Any:
+        kind = "locationURI" if by_reference else "geodetic"
+        body = held_serialize(LocationRequest(location_types=[kind], device_uri=caller_identity(i)))
+        answer = held_parse((await http.post(held_url, content=body)).content)
+        if by_reference and isinstance(answer, LocationResponse) and answer.location_uris:
+            uri = next(u for u in answer.location_uris if u.startswith("http"))
+            answer = held_parse((await http.post(uri, content=held_serialize(dereference_request()))).content)
+        if isinstance(answer, LocationResponse) and answer.presence is not None:
+            loc = best_location(answer.presence)
+            if loc is not None and loc.shapes:
+                return loc.shapes[0]
+        stats.error_kinds[f"HELD {type(answer).__name__}"] += 1
+        return None
+
     async with httpx.AsyncClient(timeout=2.0) as http:
         period = 1.0 / rate
         next_at = time.monotonic()
         while True:
-            lon, lat, town = node.callers[rng.randrange(len(node.callers))]
-            identity = f"tel:+1603555{rng.randrange(10000):04d}"
+            i = rng.randrange(len(node.callers))
+            lon, lat, _town = node.callers[i]
             t0 = time.perf_counter()
             stats.sent += 1
             try:
-                shape = Point(lat, lon)
-                if node.lis is not None and dep.elements.lis is not None:
-                    node.lis.set_location(identity, shape, method="GPS")
-                    body = held_serialize(LocationRequest(location_types=["geodetic"], device_uri=identity))
-                    r = await http.post(f"http://{dep.elements.lis.listen}/held", content=body)
-                    held = held_parse(r.content)
-                    if isinstance(held, LocationResponse) and held.presence is not None:
-                        loc = best_location(held.presence)
-                        if loc is not None and loc.shapes:
-                            shape = loc.shapes[0]
+                shape: Any = Point(lat, lon)
+                if held_url is not None:
+                    # A caller the LIS cannot locate is still routed: on the handset's own fix.
+                    shape = await locate(http, i, by_reference=stats.sent % 4 == 0) or shape
                 resp = await lost.find_service(shape, "urn:service:sos")
                 if isinstance(resp, FindServiceResponse) and resp.mappings:
                     stats.answered += 1
@@ -342,8 +372,9 @@ def demo_deployment(state: DemoState, paths: dict[str, Path], listen: str) -> De
 
 def write_demo(
     target: Path, *, seed: int, n_towns: int, listen: str, console: Console
-) -> Path:
-    """Generate the state, write its GeoJSON and ``deployment.yaml`` under ``target``."""
+) -> tuple[Path, DemoState]:
+    """Generate the state, write its GeoJSON and ``deployment.yaml`` under ``target``;
+    return the file's path and the state."""
     from firebox.demo.state import generate_state
 
     with Progress(console=console, transient=True) as progress:
@@ -360,4 +391,4 @@ def write_demo(
         + dump_deployment(dep),
         encoding="utf-8",
     )
-    return out
+    return out, state

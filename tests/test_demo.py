@@ -1,0 +1,121 @@
+"""`firebox demo` as a person runs it: the bounded run prints its summary, and the page in a
+real headless Chromium draws the towns and answers a click with the ECRF's LoST mapping."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIREBOX = Path(sys.executable).parent / "firebox"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demo(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.Popen(
+        [str(FIREBOX), "demo", "--listen", f"127.0.0.1:{port}", "--workdir", str(tmp_path / "demo"), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_bounded_demo_run_prints_a_summary(tmp_path: Path):
+    port = _free_port()
+    proc = _demo(tmp_path, port, "--duration", "6", "--rate", "25")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert f"serving http://127.0.0.1:{port}/" in out
+    m = re.search(r"caller lookups: (\d+) sent, (\d+) answered, (\d+) errors", out)
+    assert m, out
+    sent, answered, errors = map(int, m.groups())
+    assert sent > 10 and errors == 0 and answered == sent, out
+    assert "callers per PSAP" in out
+    # The state it ran on was written where asked, and loads as a deployment file.
+    assert (tmp_path / "demo" / "deployment.yaml").exists()
+    check = subprocess.run(
+        [str(FIREBOX), "deployment", "check", str(tmp_path / "demo" / "deployment.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.fixture
+def running_demo(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    proc = _demo(tmp_path, port, "--rate", "5")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120  # bounded wait for the generated state and servers
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/api/state", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the demo did not start serving within 120 s")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def test_page_draws_the_towns_and_a_click_asks_the_ecrf(running_demo: str, tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    towns = httpx.get(f"{running_demo}/api/towns.geojson", timeout=10).json()["features"]
+    assert 40 <= len(towns) <= 80
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(running_demo + "/")
+            page.wait_for_function(f"document.querySelectorAll('#map path').length === {len(towns)}")
+            page.wait_for_function("/LoST queries answered/.test(document.getElementById('summary').textContent)")
+            # Click the middle of the map: the page sends findService and shows the mapping.
+            box = page.locator("#map").bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.wait_for_selector("#answer dl")
+            answer = dict(zip(page.locator("#answer dt").all_inner_texts(), page.locator("#answer dd").all_inner_texts()))
+            page.screenshot(path=str(tmp_path / "demo.png"))
+            assert errors == []
+        finally:
+            browser.close()
+    state = httpx.get(f"{running_demo}/api/state", timeout=10).json()
+    psaps = {p["name"]: p["uri"] for p in state["psaps"]}
+    assert answer["dial"] == "911"
+    # The sos layer's boundaries are the PSAPs' service areas: the answer names one of them.
+    assert psaps.get(answer["PSAP"]) == answer["URI"], (answer, psaps)
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
