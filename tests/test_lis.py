@@ -126,9 +126,11 @@ def test_any_gives_every_form_by_value() -> None:
     lis.set_location(PHONE, (AREA, ADDRESS))
     out = value(lis.handle(LocationRequest(["any"], device_uri=PHONE), T0))
     assert out.location_uris == []
-    loc = out.presence.locations[0]
-    assert loc.shapes == [AREA] and loc.civic == ADDRESS
-    assert loc.timestamp == T0  # no determination time given: the time of the answer
+    # One form per tuple (RFC 5491 section 3.4), geodetic first.
+    geo, civic = out.presence.locations
+    assert (geo.shapes, geo.civic) == ([AREA], None) and (civic.shapes, civic.civic) == ([], ADDRESS)
+    assert geo.element_id != civic.element_id
+    assert geo.timestamp == civic.timestamp == T0  # no determination time given: the time of the answer
 
 
 def test_asking_for_one_form_gives_only_that_form() -> None:
@@ -352,8 +354,8 @@ async def test_http_by_value_by_reference_and_dereference(served: tuple[Lis, str
         # HTTP GET dereference gives the PIDF-LO itself.
         r = await http.get(uri)
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/pidf+xml")
-        loc = parse_pidf(r.content).locations[0]
-        assert loc.shapes == [AREA] and loc.civic == ADDRESS
+        geo, civic = parse_pidf(r.content).locations
+        assert geo.shapes == [AREA] and civic.civic == ADDRESS
         # ...or the HELD response when that is what the client accepts.
         r = await http.get(uri, headers={"Accept": HELD_TYPE})
         assert r.headers["content-type"] == HELD_TYPE and isinstance(parse(r.content), LocationResponse)

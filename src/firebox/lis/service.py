@@ -340,17 +340,27 @@ class Lis:
                 )
             give = {t for t in asked if held[t]} or {k for k, v in held.items() if v}
         stamp = record.updated or now
-        loc = PidfLocation(
-            shapes=[record.shape] if "geodetic" in give and record.shape is not None else [],
-            civic=record.civic if "civic" in give else None,
-            method=record.method,
-            timestamp=stamp,
-            element_id="lis1",
-            element=ElementKind.TUPLE,
-            retransmission_allowed=False,
-            retention_expiry=now + self.retention,
-        )
-        return Presence(entity=_entity(record.identity), locations=[loc])
+        # One form per tuple (RFC 5491 section 3.4): a geodetic and a civic location of the
+        # same Device go in separate tuples, so that each geopriv holds one location.
+        forms: list[tuple[str, list[Shape], CivicAddress | None]] = []
+        if "geodetic" in give and record.shape is not None:
+            forms.append(("lis-geo", [record.shape], None))
+        if "civic" in give and record.civic is not None:
+            forms.append(("lis-civic", [], record.civic))
+        locations = [
+            PidfLocation(
+                shapes=shapes,
+                civic=civic,
+                method=record.method,
+                timestamp=stamp,
+                element_id=element_id,
+                element=ElementKind.TUPLE,
+                retransmission_allowed=False,
+                retention_expiry=now + self.retention,
+            )
+            for element_id, shapes, civic in forms
+        ]
+        return Presence(entity=_entity(record.identity), locations=locations)
 
     def _mint(self, identity: str, now: datetime) -> str:
         while len(self._refs) >= self.max_uris and self._expiry_heap:
