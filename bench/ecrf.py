@@ -3,14 +3,19 @@
     .venv/bin/python bench/ecrf.py [--quick] [--json OUT]
 
 (a) vectorized point lookups per second (``BoundaryLayer.locate_xy``) on the 351
-    Massachusetts towns and the 3,221 US counties, random points in each layer's extent;
+    Massachusetts towns and the 3,221 US counties, random points in each layer's extent and
+    points that all fall inside a boundary (a caller's case);
 (b) the same points through a plain per-point STRtree loop
     (``tree.query(point, predicate="intersects")`` in Python), the baseline, and the ratio;
 (c) findService requests per second from ONE uvicorn server process (uvloop, httptools,
     access log off) serving the MA towns, driven from another process by a lean asyncio
     HTTP/1.1 keep-alive client over raw sockets (N connections, fixed request count, duration
     cap), with p50/p99 latency; then the same paced at half that rate, latency measured from
-    each request's scheduled send time (so queueing is not hidden), reporting p99.
+    each request's scheduled send time (so queueing is not hidden), reporting p99;
+(d) the floor: the same paced load against a canned responder (a bare uvloop protocol that
+    returns one real findServiceResponse without any work), so the HTTP figures can be read
+    against what this machine and the load generator cost on their own. Server and load
+    generator are pinned to separate CPUs when there are two.
 
 Targets on the 2-core development machine: >= 300,000 lookups/s, >= 3,000 findService/s,
 p99 < 5 ms at half the maximum rate. Real data comes from ../shared/data (or
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +41,8 @@ DATA = Path(os.environ.get("FIREBOX_SHARED_DATA", ROOT.parent / "shared" / "data
 TOWNS = DATA / "ma" / "towns.geojson"
 COUNTIES = DATA / "us" / "counties_2010.geojson"
 SOURCE = "ecrf.bench.firebox.test"
+#: A real answer of the ECRF, written by the server process for the canned floor server.
+CANNED = Path(os.environ.get("TMPDIR", "/tmp")) / "firebox-bench-canned-answer.xml"
 
 
 def load_layers() -> dict[str, Any]:
@@ -128,11 +136,53 @@ def serve(port: int) -> None:
         SOURCE, ServiceIndex([towns]), ttl=timedelta(hours=1), service_numbers={"urn:service:sos": "911"}
     )
     app = create_ecrf_app(ecrf)
+    from datetime import UTC, datetime
+
+    from firebox.lost import codec
+
+    answer = ecrf.handle(codec.parse(request_bodies(1)[0]), datetime.now(UTC))
+    CANNED.write_bytes(codec.serialize(answer))  # type: ignore[arg-type]
+    from firebox.node import settle_heap
+
+    settle_heap()  # as `firebox serve` does
     uvicorn.run(
         app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
         access_log=False, log_level="warning", lifespan="off",
         proxy_headers=False, server_header=False, date_header=False,
     )  # fmt: skip
+
+
+def serve_canned(port: int) -> None:
+    """The floor: a bare uvloop protocol answering every request with one fixed, real
+    findServiceResponse (no HTTP framework, no LoST work). Its latency under the same paced
+    load is what this machine and the load generator cost on their own."""
+    import asyncio
+
+    import uvloop
+
+    body = CANNED.read_bytes()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/lost+xml\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport, self.buf = transport, b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                head = self.buf[:end].lower()
+                at = head.find(b"content-length:")
+                size = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+                if len(self.buf) < end + 4 + size:
+                    return
+                self.buf = self.buf[end + 4 + size :]
+                self.transport.write(answer)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Canned, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
 
 
 def request_bodies(n: int, seed: int = 2) -> list[bytes]:
@@ -259,7 +309,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
 
 
 def _run_load(port: int, total: int, conns: int, max_s: float, rate: float | None) -> dict[str, Any]:
-    args = [sys.executable, __file__, "--load", str(port), "--total", str(total),
+    args = [*_pin(1), sys.executable, __file__, "--load", str(port), "--total", str(total),
             "--conns", str(conns), "--max-seconds", str(max_s)]  # fmt: skip
     if rate is not None:
         args += ["--rate", str(rate)]
@@ -267,24 +317,47 @@ def _run_load(port: int, total: int, conns: int, max_s: float, rate: float | Non
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _pin(cpu: int) -> list[str]:
+    """Run a child on one CPU (server on 0, load generator on 1) when there are two: fewer
+    migrations, and the two processes do not take turns on one core."""
+    return ["taskset", "-c", str(cpu)] if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else []
+
+
+def _serve_proc(mode: str, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*_pin(0), sys.executable, __file__, mode, str(port)])
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def bench_http(quick: bool) -> dict[str, Any]:
+    total = 20_000 if quick else 60_000
+    max_s = 10.0 if quick else 30.0
     port = _free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    server = _serve_proc("--serve", port)
     try:
         _wait_port(port, server)
         _run_load(port, 2000, 8, 20, None)  # warm up (grid cells, caches, allocator)
-        total = 20_000 if quick else 60_000
-        max_s = 10.0 if quick else 30.0
         peak = _run_load(port, total, 16, max_s, None)
         half_rate = peak["per_s"] / 2
         paced = _run_load(port, min(total, int(half_rate * max_s)), 16, max_s + 5, half_rate)
-        return {"max": peak, "half": paced}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
+    # The same paced load against the canned responder: the floor of this machine.
+    port = _free_port()
+    server = _serve_proc("--canned", port)
+    try:
+        _wait_port(port, server)
+        _run_load(port, 2000, 8, 20, None)
+        floor = _run_load(port, min(total, int(half_rate * max_s)), 16, max_s + 5, half_rate)
+    finally:
+        _stop(server)
+    return {"max": peak, "half": paced, "floor": floor}
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -295,6 +368,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer points and requests")
     ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     ap.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--canned", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--total", type=int, default=20_000, help=argparse.SUPPRESS)
     ap.add_argument("--conns", type=int, default=16, help=argparse.SUPPRESS)
@@ -303,6 +377,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.serve:
         serve(args.serve)
+        return
+    if args.canned:
+        serve_canned(args.canned)
         return
     if args.load:
         load(args.load, args.total, args.conns, args.max_seconds, args.rate)
@@ -338,6 +415,11 @@ def main() -> None:
           f"{peak['p50_ms']:>8.2f} {peak['p99_ms']:>8.2f} {'>=3000/s ' + ('ok' if peak['per_s'] >= 3000 else 'MISSED'):>16}")  # fmt: skip
     print(f"{'paced at half rate':<22} {half['requests']:>9} {half['errors']:>7} {half['per_s']:>9,.0f} "
           f"{half['p50_ms']:>8.2f} {half['p99_ms']:>8.2f} {'p99<5ms ' + ('ok' if half['p99_ms'] < 5 else 'MISSED'):>16}")  # fmt: skip
+    floor = h["floor"]
+    print(f"{'floor: canned, same':<22} {floor['requests']:>9} {floor['errors']:>7} {floor['per_s']:>9,.0f} "
+          f"{floor['p50_ms']:>8.2f} {floor['p99_ms']:>8.2f} {'(machine + client)':>16}")  # fmt: skip
+    print(f"p99 at half rate over the floor's p99: {half['p99_ms'] / floor['p99_ms']:.2f}x "
+          f"(p50 {half['p50_ms'] / floor['p50_ms']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")

@@ -277,3 +277,12 @@ async def test_wrong_numbers_and_streets_come_back_invalid(ma_node: Node):
     # An invalid address is still routed (by its town): a 911 lookup never ends empty-handed.
     assert by_number.mappings[0].display_names[0][0] == "CAMBRIDGE"
     assert by_street.mappings[0].display_names[0][0] == "CAMBRIDGE"
+
+
+def test_the_deployments_address_points_are_authoritative(ma_node: Node):
+    """The example names Cambridge's fire stations as address points: Fire Headquarters at
+    491 Broadway geocodes to its own point, not to an interpolation along the range."""
+    assert ma_node.lvf is not None
+    result = ma_node.lvf.validate(_civic(491, "Broadway"))
+    assert result.address_point is not None and result.point == result.address_point.point
+    assert result.validation.invalid == []

@@ -113,9 +113,19 @@ class StreetsConfig(_Model):
     town_attribute: str | None = "Town"
 
 
+class AddressPointsConfig(_Model):
+    """Address points (GeoJSON Points with a full address such as "491 Broadway"): where
+    one exists it is authoritative for the LVF's validation and geocode."""
+
+    path: Path
+    address_attribute: str = "ADDRESS"
+    municipality: str | None = None
+
+
 class GisConfig(_Model):
     layers: list[LayerConfig] = Field(min_length=1)
     streets: list[StreetsConfig] = []
+    address_points: list[AddressPointsConfig] = []
     aliases: dict[str, str] = {}
     outline: Path | None = None
 

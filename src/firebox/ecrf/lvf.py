@@ -397,6 +397,7 @@ class Lvf:
         sources: Iterable[tuple[str | Path, str | None, str | None, str | None]],
         *,
         aliases: Mapping[str, str] | None = None,
+        address_points: Iterable[AddressPoint] = (),
         country: str = "US",
     ) -> Lvf:
         """One LVF over several centerline files, as a deployment file lists them: each
@@ -418,7 +419,7 @@ class Lvf:
             table.update(part.aliases)
             segments.extend(part.segments)
             skipped.extend(f"{Path(path).name}: {s}" for s in part.skipped)
-        lvf = cls(segments, aliases=table, country=country)
+        lvf = cls(segments, address_points=address_points, aliases=table, country=country)
         lvf.skipped = skipped
         return lvf
 
