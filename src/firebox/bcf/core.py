@@ -1,0 +1,142 @@
+"""The BCF element's core (NENA-STA-010.3 section 4.1), sans-I/O: one parsed request and
+where it came from in, one ``Outcome`` out. The SIP adapter forwards ``Outcome.request`` to
+the ESRP (or to the announcement-and-callback path when diverted) or answers
+``Outcome.response``.
+
+Any request it can parse is accepted. Emergency and test calls are marked (``marking``) and
+never rejected; the worst they get is DIVERT, which still ends in a person: a callback record
+for a call-taker. Non-emergency traffic may get 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from firebox.bcf.marking import CallKind, Marked, mark, recognize
+from firebox.bcf.protection import Action, BadActors, BcfRules, RateLimit, RateTracker, Verdict, decide
+from firebox.logging.events import new_call_id, new_incident_id
+from firebox.sip import Request, Response, SipParseError, make_response, parse_name_addr
+
+#: The esnet priority a deprioritized emergency call keeps (RFC 7135: lowest).
+DEPRIORITIZED = "esnet.0"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRecord:
+    """A caller a call-taker must call back: the call was diverted, not connected."""
+
+    call_id: str
+    incident_id: str
+    callback: str | None  # the caller's number or URI, from P-Asserted-Identity or From
+    source_id: str
+    reason: str
+    at: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    action: Action
+    kind: CallKind
+    source_id: str
+    request: Request | None  # what to forward (None when answered with ``response``)
+    response: Response | None = None
+    marked: Marked | None = None
+    callback: CallbackRecord | None = None
+    verdict: Verdict | None = None
+    log: list[str] = field(default_factory=list)
+
+
+def _caller(request: Request) -> str | None:
+    for name in ("P-Asserted-Identity", "From"):
+        value = request.headers.get(name)
+        if value:
+            try:
+                return str(parse_name_addr(value).uri)
+            except SipParseError:
+                continue
+    return None
+
+
+class Bcf:
+    """``sources`` names the networks of known originating networks (a carrier's source id
+    per CIDR); other addresses get the id ``ip-<address>``. ``rate`` limits each source."""
+
+    def __init__(
+        self,
+        fqdn: str,
+        *,
+        sources: Mapping[str, str] | None = None,
+        rules: BcfRules | None = None,
+        rate: RateLimit = RateLimit(per_second=50.0, burst=100.0),
+        max_sources: int = 100_000,
+        bad_actor_hold: float = 3600.0,
+        retry_after: int = 30,
+        call_id_factory: Callable[[str], str] = new_call_id,
+        incident_id_factory: Callable[[str], str] = new_incident_id,
+    ):
+        self.fqdn = fqdn
+        self._networks = [
+            (ipaddress.ip_network(cidr, strict=False), source) for cidr, source in (sources or {}).items()
+        ]
+        self._networks.sort(key=lambda item: item[0].prefixlen, reverse=True)  # most specific first
+        self.rules = rules or BcfRules()
+        self.rates = RateTracker(rate, max_sources=max_sources)
+        self.bad_actors = BadActors(self.known_sources(), hold=bad_actor_hold)
+        self.retry_after = retry_after
+        self._call_id = call_id_factory
+        self._incident_id = incident_id_factory
+
+    def known_sources(self) -> Iterable[str]:
+        return {source for _, source in self._networks}
+
+    def source_of(self, ip: str | None) -> str:
+        try:
+            addr = ipaddress.ip_address(ip or "")
+        except ValueError:
+            return "unknown"
+        for net, source in self._networks:
+            if addr in net:
+                return source
+        return f"ip-{addr}"
+
+    def set_rules(self, rules: BcfRules) -> BcfRules:
+        """Install a new rule set (as a whole); returns the previous one, for rollback."""
+        old, self.rules = self.rules, rules
+        return old
+
+    def process(self, request: Request, source_ip: str | None, now: float) -> Outcome:
+        source_id = self.source_of(source_ip)
+        recognized = recognize(request)
+        kind = recognized.kind if recognized else CallKind.OTHER
+        verdict = decide(
+            kind, request.method, source_id, source_ip,
+            within_rate=self.rates.hit(source_id, now),
+            bad_actor=self.bad_actors.is_bad(source_id, now),
+            rules=self.rules,
+        )  # fmt: skip
+        log = [f"{request.method} from {source_id} ({source_ip}): {kind.value}, {verdict.action.value} ({verdict.reason})"]
+        log += verdict.notes
+        if recognized is None:
+            if verdict.action is Action.REJECT:
+                response = make_response(request, 503, headers=[("Retry-After", str(self.retry_after))])
+                return Outcome(verdict.action, kind, source_id, None, response, verdict=verdict, log=log)
+            return Outcome(verdict.action, kind, source_id, request, verdict=verdict, log=log)
+
+        marked = mark(
+            request, recognized, fqdn=self.fqdn, source_id=source_id,
+            call_id_factory=self._call_id, incident_id_factory=self._incident_id,
+        )  # fmt: skip
+        log += marked.changes
+        out = marked.request
+        callback = None
+        if verdict.action is Action.DEPRIORITIZE:
+            out.headers.set("Resource-Priority", DEPRIORITIZED)
+            log.append(f"Resource-Priority set to {DEPRIORITIZED} (deprioritized)")
+        elif verdict.action is Action.DIVERT:
+            callback = CallbackRecord(
+                marked.call_id, marked.incident_id, _caller(request), source_id, verdict.reason, now
+            )
+            log.append(f"diverted to announcement + callback; callback record for {callback.callback}")
+        return Outcome(verdict.action, kind, source_id, out, None, marked, callback, verdict, log)
