@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from firebox.bcf.marking import CallKind, Marked, mark, recognize
 from firebox.bcf.protection import Action, BadActors, BcfRules, RateLimit, RateTracker, Verdict, decide
 from firebox.logging.events import new_call_id, new_incident_id
-from firebox.sip import Request, Response, SipParseError, make_response, parse_name_addr
+from firebox.sip import Request, Response, caller_uri, make_response
 
 #: The esnet priority a deprioritized emergency call keeps (RFC 7135: lowest).
 DEPRIORITIZED = "esnet.0"
@@ -46,17 +46,6 @@ class Outcome:
     callback: CallbackRecord | None = None
     verdict: Verdict | None = None
     log: list[str] = field(default_factory=list)
-
-
-def _caller(request: Request) -> str | None:
-    for name in ("P-Asserted-Identity", "From"):
-        value = request.headers.get(name)
-        if value:
-            try:
-                return str(parse_name_addr(value).uri)
-            except SipParseError:
-                continue
-    return None
 
 
 class Bcf:
@@ -136,7 +125,7 @@ class Bcf:
             log.append(f"Resource-Priority set to {DEPRIORITIZED} (deprioritized)")
         elif verdict.action is Action.DIVERT:
             callback = CallbackRecord(
-                marked.call_id, marked.incident_id, _caller(request), source_id, verdict.reason, now
+                marked.call_id, marked.incident_id, caller_uri(request), source_id, verdict.reason, now
             )
             log.append(f"diverted to announcement + callback; callback record for {callback.callback}")
         return Outcome(verdict.action, kind, source_id, out, None, marked, callback, verdict, log)

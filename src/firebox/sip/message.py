@@ -47,6 +47,7 @@ __all__ = [
     "SipUri",
     "Uri",
     "Via",
+    "caller_uri",
     "make_response",
     "parse_message",
     "parse_name_addr",
@@ -531,3 +532,16 @@ def make_response(
         out.add(name, value)
     out.set("Content-Length", str(len(body)))
     return Response(status, reason if reason is not None else reason_phrase(status), out, body)
+
+
+def caller_uri(request: Request) -> str | None:
+    """Who to call back: the URI of ``P-Asserted-Identity`` (RFC 3325, asserted by a trusted
+    network) or else of ``From``; None when neither can be read."""
+    for name in ("P-Asserted-Identity", "From"):
+        value = request.headers.get(name)
+        if value:
+            try:
+                return str(parse_name_addr(value).uri)
+            except SipParseError:
+                continue
+    return None

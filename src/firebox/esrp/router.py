@@ -1,0 +1,145 @@
+"""The ESRP's routing step for one call (NENA-STA-010.3 section 4.2), as an async adapter
+over the sans-I/O pieces: location (``esrp.location``), the ECRF over LoST, and the policy
+routing function (``esrp.policy``). The SIP proxy then tries ``RouteResult.decision``'s
+destinations in order.
+
+1. Location: by value, or by reference through a HELD dereference (RFC 6753: a HELD
+   ``locationRequest`` POSTed to the URI, bounded by ``held_timeout``). When none is usable, the
+   ingress's default location is added top-most (``add_default``) and the reason logged.
+2. LoST ``findService`` for the call's service URN (the ESRP's LoST client: remote over HTTP
+   with its cache, or the ECRF in-process). An error, a timeout or an exception is logged and
+   the policy routing function falls back to its default route.
+3. ``decide``: the ordered failover list, never empty, ending in a business line.
+
+Nothing here raises for a bad call: each problem is a line in ``RouteResult.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+
+from firebox.esrp.location import Located, NeedDereference, add_default, find_location, resolve_reference
+from firebox.esrp.policy import CallContext, CallMedium, Chains, RouteDecision, RuleSet, decide
+from firebox.esrp.states import StateTable
+from firebox.held.codec import LocationResponse, dereference_request
+from firebox.held.codec import parse as held_parse
+from firebox.held.codec import serialize as held_serialize
+from firebox.location.pidf import PidfLocation, Presence, serialize_pidf
+from firebox.lost.messages import ErrorsResponse, FindServiceResponse
+from firebox.sip import Request, caller_uri
+
+HELD_TYPE = "application/held+xml"
+
+
+class LostAsker(Protocol):
+    """What the router needs of a LoST client (``AsyncLostClient`` fits)."""
+
+    async def find_service(self, location: Any, service: str = ...) -> FindServiceResponse | ErrorsResponse: ...
+
+
+class InProcessLost:
+    """The ECRF called in-process, with the same shape as the HTTP client (for a node that
+    runs both). Recursion to peers needs the HTTP path and is answered as an error here."""
+
+    def __init__(self, ecrf: Any):
+        self.ecrf = ecrf
+
+    async def find_service(self, location: Any, service: str = "urn:service:sos") -> FindServiceResponse | ErrorsResponse:
+        from firebox.ecrf.service import Forward
+        from firebox.lost.client import LostClientCore
+        from firebox.lost.messages import ErrorKind, LostError
+
+        request = LostClientCore.find_service_request(location, service, boundary=None)
+        out = self.ecrf.handle(request, datetime.now(UTC))
+        if isinstance(out, Forward):
+            return ErrorsResponse(self.ecrf.source, [LostError(ErrorKind.NOT_FOUND, "outside this ECRF's data")])
+        return out
+
+
+@dataclass(slots=True)
+class RouteResult:
+    request: Request  # the request to forward (with a default location added when needed)
+    location: PidfLocation
+    location_how: str  # value, reference or default
+    ecrf_uri: str | None
+    decision: RouteDecision
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Router:
+    fqdn: str
+    lost: LostAsker
+    chains: Chains
+    rules: RuleSet
+    states: StateTable
+    default_location: Presence
+    http: httpx.AsyncClient | None = None
+    held_timeout: float = 0.5
+    lost_timeout: float = 0.5
+
+    async def _dereference(self, uri: str) -> tuple[bytes | None, str | None]:
+        """The PIDF-LO behind a location URI (HELD POST, RFC 6753), or why there is none."""
+        http = self.http or httpx.AsyncClient()
+        try:
+            async with asyncio.timeout(self.held_timeout):
+                answer = await http.post(uri, content=held_serialize(dereference_request()), headers={"Content-Type": HELD_TYPE, "Accept": HELD_TYPE})
+        except (TimeoutError, httpx.TimeoutException):
+            return None, f"no answer within {self.held_timeout:g} s"
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.http is None:
+                await http.aclose()
+        try:
+            message = held_parse(answer.content)
+        except ValueError as exc:
+            return None, f"HTTP {answer.status_code}, not a HELD answer: {exc}"
+        if isinstance(message, LocationResponse) and message.presence is not None:
+            return serialize_pidf(message.presence), None
+        return None, f"HELD {type(message).__name__}: {getattr(message, 'message', '')}".strip()
+
+    async def locate(self, request: Request) -> tuple[Request, PidfLocation, str, list[str]]:
+        step = find_location(request)
+        while isinstance(step, NeedDereference):
+            pidf, failure = await self._dereference(step.uri)
+            step = resolve_reference(request, step, pidf, failure)
+        if isinstance(step, Located):
+            return request, step.location, step.how, [f"location by {step.how} from {step.uri}"] + step.problems
+        request, cid = add_default(request, self.default_location, self.fqdn)
+        log = step.problems + [f"no usable location: default location added as {cid}"]
+        return request, self.default_location.locations[0], "default", log
+
+    async def route(self, request: Request, now: datetime | None = None, *, source: str | None = None) -> RouteResult:
+        now = now or datetime.now(UTC)
+        request, location, how, log = await self.locate(request)
+        service = request.uri if request.uri.lower().startswith("urn:service:") else "urn:service:sos"
+        lost_location: Any = location.shapes[0] if location.shapes else location.civic
+        ecrf_uri = None
+        try:
+            async with asyncio.timeout(self.lost_timeout):
+                answer = await self.lost.find_service(lost_location, service)
+        except Exception as exc:  # noqa: BLE001 -- a LoST failure must still route the call
+            log.append(f"LoST failed ({type(exc).__name__}: {exc}); default route")
+        else:
+            if isinstance(answer, FindServiceResponse) and answer.mappings and answer.mappings[0].uris:
+                ecrf_uri = answer.mappings[0].uris[0]
+                log.append(f"LoST {service}: {ecrf_uri}")
+            else:
+                log.append(f"LoST {service}: no mapping ({answer}); default route")
+        call = CallContext(
+            call_id=request.call_id,
+            service_urn=service,
+            medium=CallMedium.TEXT if request.method.upper() == "MESSAGE" else CallMedium.VOICE,
+            source=source,
+            callback=caller_uri(request),
+        )
+        decision = decide(call, ecrf_uri, self.states, self.rules, self.chains, now)
+        log += decision.log
+        return RouteResult(request, location, how, ecrf_uri, decision, log)
+
