@@ -19,7 +19,8 @@ list the ESRP's SIP proxy tries one after the other. The first rule of firebox s
 * No ECRF answer, or one naming no PSAP here, takes the default route (a configured PSAP).
 * Queues the state table calls unusable are skipped; queues it knows nothing fresh about are
   kept, after the ones known to be usable (excluding on missing data could black-hole calls).
-* A PSAP that is its alternate's alternate appears once: the walk keeps a visited set.
+* A PSAP's chain is the PSAP then its own alternates (not theirs: each hop can cost the
+  caller the no-answer timeout), then the business lines; no URI appears twice.
 * *busy* answers the caller busy only when there is a callback number to put in a callback
   record; without one it is logged and the call is routed (a busy signal to a caller nobody
   can call back would be a silent drop).
@@ -947,26 +948,25 @@ class _Builder:
         self.queues.extend(kept)
 
     def psap_walk(self, start: PsapChain, lead_reason: str, cause: str | None) -> None:
-        """``start``, then its alternates in order, then theirs (breadth first); each PSAP
-        once, so alternates that name each other cannot loop."""
-        entries: list[tuple[str, DestinationKind, PsapChain | None, str, str | None]] = []
-        order = [(start, DestinationKind.PSAP, lead_reason)]
-        placed = {start.psap_id}
-        i = 0
-        while i < len(order):
-            psap, kind, reason = order[i]
-            i += 1
-            entries.append((psap.uri, kind, psap, reason, cause))
-            for alt_id in psap.alternates:
-                if alt_id not in placed and alt_id in self.chains:
-                    placed.add(alt_id)
-                    order.append((self.chains[alt_id], DestinationKind.ALTERNATE, f"alternate of {psap.psap_id}"))
+        """``start``, then its own alternates in order: the PSAP's chain as the deployment
+        names it. Alternates of alternates are not followed: each hop costs the caller up
+        to the no-answer timeout, and the business line (a person) must come soon after."""
+        entries: list[tuple[str, DestinationKind, PsapChain | None, str, str | None]] = [
+            (start.uri, DestinationKind.PSAP, start, lead_reason, cause)
+        ]
+        for alt_id in dict.fromkeys(start.alternates):
+            if alt_id != start.psap_id and alt_id in self.chains:
+                alt = self.chains[alt_id]
+                entries.append((alt.uri, DestinationKind.ALTERNATE, alt, f"alternate of {start.psap_id}", cause))
         self.segment(entries)
 
     def finish(self) -> list[Destination]:
         tail: list[Destination] = []
+        tail_seen: set[str] = set()
         for psap in self.visited:
-            if all(uri_key(d.uri) != uri_key(psap.business_line) for d in tail):
+            key = uri_key(psap.business_line)
+            if key not in tail_seen:
+                tail_seen.add(key)
                 tail.append(
                     Destination(psap.business_line, DestinationKind.BUSINESS_LINE, psap.psap_id, f"business line of {psap.psap_id}")
                 )
