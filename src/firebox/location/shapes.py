@@ -126,11 +126,14 @@ class Polygon:
 Shape = Point | Circle | Ellipse | ArcBand | Polygon
 
 
-def _ring(center: Point, azimuths: np.ndarray, distances: np.ndarray) -> list[tuple[float, float]]:
+def _ring(center: Point, azimuths: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """(n, 2) lon/lat array of the geodesic destinations at ``distances`` along ``azimuths``
+    (degrees from north) from ``center``. Kept as numpy: building the polygon from an array
+    is faster than from Python tuples."""
     lons, lats, _ = _GEOD.fwd(
         np.full(azimuths.shape, center.lon), np.full(azimuths.shape, center.lat), azimuths, distances
     )
-    return list(zip(lons.tolist(), lats.tolist()))
+    return np.column_stack((lons, lats))
 
 
 def to_geometry(shape: Shape) -> BaseGeometry:
@@ -143,7 +146,7 @@ def to_geometry(shape: Shape) -> BaseGeometry:
         if shape.radius == 0:
             return shapely.Point(shape.center.lon, shape.center.lat)
         az = np.linspace(0.0, 360.0, CURVE_VERTICES, endpoint=False)
-        return shapely.Polygon(_ring(shape.center, az, np.full(az.shape, shape.radius)))
+        return shapely.polygons(_ring(shape.center, az, np.full(az.shape, shape.radius)))
     if isinstance(shape, Ellipse):
         a, b = shape.semi_major, shape.semi_minor
         if a == 0 and b == 0:
@@ -155,7 +158,7 @@ def to_geometry(shape: Shape) -> BaseGeometry:
         y = b * np.sin(t)
         dist = np.hypot(x, y)
         az = (shape.orientation + np.degrees(np.arctan2(y, x))) % 360.0
-        return shapely.Polygon(_ring(shape.center, az, dist))
+        return shapely.polygons(_ring(shape.center, az, dist))
     if isinstance(shape, ArcBand):
         n = max(4, int(CURVE_VERTICES * shape.opening_angle / 360.0) + 1)
         az = shape.start_angle + np.linspace(0.0, shape.opening_angle, n)
@@ -163,8 +166,8 @@ def to_geometry(shape: Shape) -> BaseGeometry:
         if shape.inner_radius > 0:
             inner = _ring(shape.center, az[::-1], np.full(az.shape, shape.inner_radius))
         else:
-            inner = [(shape.center.lon, shape.center.lat)]
-        return shapely.Polygon(outer + inner)
+            inner = np.array([[shape.center.lon, shape.center.lat]])
+        return shapely.polygons(np.concatenate((outer, inner)))
     raise TypeError(f"not a shape: {shape!r}")
 
 
