@@ -57,6 +57,7 @@ from typing import Any
 
 from firebox.bcf.core import Bcf
 from firebox.bcf.protection import Action
+from firebox.esrp.logevents import CallLogger
 from firebox.esrp.policy import (
     CallContext,
     CallMedium,
@@ -102,6 +103,7 @@ from firebox.sip.transaction import (
 )
 from firebox.sip.transaction import CancelTimer as TxCancelTimer
 from firebox.sip.transaction import StartTimer as TxStartTimer
+from firebox.sip.overload import OverloadGuard, Reject
 from firebox.sip.transport import SipServer, Source, start_sip_server, via_destination
 
 __all__ = ["ALLOW", "Address", "CallRecord", "EmergencyCore", "Resolver"]
@@ -159,6 +161,8 @@ class _Call:
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     addresses: dict[str, Address] = field(default_factory=dict)  # by branch
     transport: str = "udp"  # downstream transport of the proxy's Via
+    admitted: bool = False  # holds a place of the overload guard (in flight or waiting)
+    queued: bool = False  # waiting for a place
 
 
 class EmergencyCore:
@@ -180,6 +184,8 @@ class EmergencyCore:
         no_provisional_timeout: float = 0.5,
         advertised_host: str | None = None,
         reuse_port: bool = False,
+        call_log: CallLogger | None = None,
+        overload: OverloadGuard | None = None,
     ) -> None:
         self.bcf = bcf
         self.router = router
@@ -193,6 +199,14 @@ class EmergencyCore:
         self.no_provisional_timeout = no_provisional_timeout
         self.advertised_host = advertised_host or host
         self.reuse_port = reuse_port
+        #: i3 log events of every call (``None``: not logged); its LoST client is wrapped.
+        self.call_log = call_log
+        if call_log is not None:
+            call_log.attach(router)
+        #: Admission control (RFC 7339): calls beyond its places wait or get 503 with
+        #: Retry-After and, for an emergency call, a callback record (never silence).
+        self.overload = overload
+        self._waiting: dict[str, tuple[_Call, Request, Source]] = {}
         self.server: SipServer | None = None
         self.stats: Counter[str] = Counter()
         #: Per destination URI: ``tried``, ``answered``, ``failed``.
@@ -229,6 +243,8 @@ class EmergencyCore:
             handle.cancel()
         if self.server is not None:
             await self.server.close()
+        if self.call_log is not None:
+            await self.call_log.aclose()
 
     @property
     def events(self) -> dict[str, list[str]]:
@@ -243,6 +259,8 @@ class EmergencyCore:
 
     def _handle(self, message: Message, source: Source) -> None:
         """The transport's handler: never raises."""
+        if self.call_log is not None:
+            self.call_log.received(message, source)
         try:
             if isinstance(message, Response):
                 self._on_response(message, source)
@@ -284,6 +302,8 @@ class EmergencyCore:
         self, message: Message, dest: Source | Address, *, reply: bool = False
     ) -> None:
         assert self.server is not None
+        if self.call_log is not None:
+            self.call_log.sending(message, dest)
         try:
             if reply and isinstance(dest, Source) and isinstance(message, Response):
                 self.server.reply(message, dest)
@@ -458,6 +478,11 @@ class EmergencyCore:
             if entry.sent_trying:
                 return
             entry.sent_trying = True
+        if self.overload is not None:
+            now = asyncio.get_running_loop().time()
+            self.overload.add_feedback(response, now)  # RFC 7339 5.2, if asked for
+            if response.status >= 200 and call.admitted:
+                self._release(call, now)
         try:
             events = entry.tx.send_response(response)
         except TransactionError:
@@ -502,7 +527,61 @@ class EmergencyCore:
             )
         if request.method == "INVITE":
             self._upstream(call, make_response(request, 100))
+        if self.overload is not None and not self._admit(call, request, source):
+            return
         self._spawn(self._route_call(call, request, source))
+
+    # -- overload control (RFC 7339) -----------------------------------------------------
+
+    def _admit(self, call: _Call, request: Request, source: Source) -> bool:
+        """Whether to route the call now. A call that cannot be held is answered 503 with
+        Retry-After (the originating network tries its other routes) and, if it is an
+        emergency call, leaves a callback record; a call given a waiting place is routed
+        when one frees (``_release``)."""
+        assert self.overload is not None
+        record = call.record
+        verdict = self.overload.admit(request, asyncio.get_running_loop().time())
+        if isinstance(verdict, Reject):
+            self.stats["overload_rejected"] += 1
+            if verdict.callback is not None:
+                self.callbacks.append(verdict.callback)
+            record.outcome, record.status = "overloaded", 503
+            record.events.append(
+                f"overload: {verdict.reason}; 503 with Retry-After"
+                + ("; callback record kept" if verdict.callback is not None else "")
+            )
+            extra = [
+                (name, value)
+                for name in ("Retry-After", "Reason")
+                if (value := verdict.response.headers.get(name)) is not None
+            ]
+            self._final_local(
+                call,
+                make_response(request, 503, to_tag=secrets.token_hex(5), headers=extra),
+            )
+            return False
+        call.admitted = True
+        if verdict.queued:
+            call.queued = True
+            self.stats["overload_queued"] += 1
+            record.events.append("overload: all places taken; waiting for one")
+            self._waiting[record.call_id] = (call, request, source)
+            return False
+        return True
+
+    def _release(self, call: _Call, now: float) -> None:
+        """The call's INVITE transaction is over: free its place, route who was waiting."""
+        assert self.overload is not None
+        call.admitted = False
+        self._waiting.pop(call.record.call_id, None)
+        for promote in self.overload.release(call.record.call_id, now):
+            waiting = self._waiting.pop(promote.call_id, None)
+            if waiting is None:
+                continue
+            promoted, request, source = waiting
+            promoted.queued = False
+            promoted.record.events.append("overload: a place freed; routed")
+            self._spawn(self._route_call(promoted, request, source))
 
     def _remember(self, record: CallRecord) -> None:
         self.records[record.call_id] = record
@@ -537,6 +616,13 @@ class EmergencyCore:
             outcome = self.bcf.process(request, source.host, time.monotonic())
             record.events += outcome.log
             source_id = outcome.source_id
+            if self.call_log is not None:
+                marked = outcome.marked
+                self.call_log.identified(
+                    request.call_id,
+                    marked.call_id if marked else None,
+                    marked.incident_id if marked else None,
+                )
             if outcome.action is Action.REJECT and outcome.response is not None:
                 self.stats["rejected"] += 1
                 record.outcome, record.status = "rejected", outcome.response.status
@@ -558,8 +644,15 @@ class EmergencyCore:
             )
             log.exception("BCF failed")
         decision: RouteDecision | None = None
+        if self.call_log is not None:
+            self.call_log.identified(request.call_id, None, None)  # no-op once marked
         try:
-            routed = await self.router.route(forward, source=source_id)
+            if self.call_log is not None:
+                with self.call_log.routing(request.call_id):
+                    routed = await self.router.route(forward, source=source_id)
+                self.call_log.routed(request.call_id, routed.decision, routed.ecrf_uri)
+            else:
+                routed = await self.router.route(forward, source=source_id)
             forward, decision = routed.request, routed.decision
             record.events += routed.log
         except Exception as exc:
@@ -678,6 +771,10 @@ class EmergencyCore:
         self._upstream(call, response)
         call.record.done_at = asyncio.get_running_loop().time()
         call.record.events.append(f"answered {response.status} locally")
+        if self.call_log is not None:
+            self.call_log.ended(
+                call.record.call_id, f"answered {response.status} {response.reason} locally"
+            )
 
     def _cancelled_before_routing(self, call: _Call) -> None:
         self.stats["cancelled"] += 1
@@ -724,6 +821,9 @@ class EmergencyCore:
         if call.proxy is None:  # still routing: answer now, 487 once routing is over
             call.cancelled = True
             self._run_stx(key, entry, tx.send_response(make_response(cancel, 200)))
+            if call.queued:  # never routed: it ends here
+                call.queued = False
+                self._cancelled_before_routing(call)
             return
         self._run(
             call,
@@ -796,6 +896,14 @@ class EmergencyCore:
                     self.destinations.setdefault(event.from_target.uri, Counter())[
                         "failed"
                     ] += 1
+                    if self.call_log is not None:
+                        self.call_log.failover(
+                            record.call_id,
+                            event.from_target.uri,
+                            event.to_target.uri if event.to_target else None,
+                            event.reason,
+                            event.status,
+                        )
                 elif isinstance(event, Done):
                     self._done(call, event)
             except Exception:
@@ -834,6 +942,11 @@ class EmergencyCore:
             self.stats["cancelled"] += 1
         else:
             self.stats["failed"] += 1
+        if self.call_log is not None and (
+            event.outcome is not Outcome.ANSWERED or record.method == "MESSAGE"
+        ):
+            # An answered INVITE ends with its BYE; anything else ends here.
+            self.call_log.ended(record.call_id, f"{event.outcome.value} {event.status}")
 
     def _send_down(
         self, call: _Call, request: Request, branch: str, address: Address
@@ -851,6 +964,8 @@ class EmergencyCore:
         self, call: _Call, request: Request, branch: str, address: Address
     ) -> None:
         assert self.server is not None
+        if self.call_log is not None:
+            self.call_log.sending(request, address)
         try:
             await self.server.send_async(request, address)
         except (OSError, ConnectionError) as exc:
