@@ -36,6 +36,20 @@ MESSAGE (text to 911) gets the same serial failover through ``_MessageCall``; th
 final answer must come within ``no_provisional_timeout`` (a late 200 from an abandoned
 target can mean the text reached two PSAPs).
 
+Optional parts, each a constructor argument:
+
+* ``call_log``: a ``CallLogger`` (``esrp.logevents``) that turns every call into i3 log
+  events (CallStart, each SIP message, LoST query and response, Route and failovers,
+  CallEnd) for a ``LogSender``; logging never delays or fails a call.
+* ``overload``: an ``OverloadGuard`` (RFC 7339): a call beyond its places waits for one
+  (emergency calls first) or is answered 503 with Retry-After, an emergency call leaving a
+  callback record in ``callbacks``; responses carry overload feedback in the caller's Via
+  when it asked for it (``oc``).
+* State notifications (``esrp.stateevents``, RFC 6665) always run once started: SUBSCRIBE
+  to us for ``emergency-ElementState`` / ``-ServiceState`` / ``-QueueState`` (our own queue,
+  from the guard) is served, and the element subscribes to ``emergency-QueueState`` of each
+  queue in ``subscribe_to``, applying NOTIFYs to ``router.states`` for the policy.
+
 Not done: a DIVERT to a configured announcement/diversion target (the call is routed
 normally and the callback record kept); double Record-Route for a call that changes
 transport; DNS (RFC 3263) for next hops ``resolve`` does not know (the URI's host is used
@@ -66,6 +80,7 @@ from firebox.esrp.policy import (
     decide,
 )
 from firebox.esrp.router import Router
+from firebox.esrp.stateevents import QueueFigures, StateEvents
 from firebox.sip.address import SipUri, parse_name_addr, parse_uri
 from firebox.sip.errors import SipParseError
 from firebox.sip.message import Message, Request, Response, caller_uri, make_response
@@ -186,6 +201,9 @@ class EmergencyCore:
         reuse_port: bool = False,
         call_log: CallLogger | None = None,
         overload: OverloadGuard | None = None,
+        element_id: str | None = None,
+        subscribe_to: Iterable[str] = (),
+        state_expires: int = 600,
     ) -> None:
         self.bcf = bcf
         self.router = router
@@ -207,6 +225,12 @@ class EmergencyCore:
         #: Retry-After and, for an emergency call, a callback record (never silence).
         self.overload = overload
         self._waiting: dict[str, tuple[_Call, Request, Source]] = {}
+        #: This element's id (ElementState) and the downstream queues whose QueueState it
+        #: follows (RFC 6665 subscriptions, applied to ``router.states``).
+        self.element_id = element_id or router.fqdn
+        self.subscribe_to = tuple(subscribe_to)
+        self.state_expires = state_expires
+        self.state_events: StateEvents | None = None
         self.server: SipServer | None = None
         self.stats: Counter[str] = Counter()
         #: Per destination URI: ``tried``, ``answered``, ``failed``.
@@ -231,9 +255,34 @@ class EmergencyCore:
         )
         if self.port == 0:
             self.port = next(iter(self.server.addresses.values()))[1]
+        domain = self.element_id.split(".", 1)[1] if "." in self.element_id else self.element_id
+        self.state_events = StateEvents(
+            self.router.states,
+            element_id=self.element_id,
+            service_domain=domain,
+            contact=self.record_route_uri,
+            queue_uri=f"sip:queue@{self.element_id}",
+            send=self._send,
+            resolve=self.resolve,
+            queue_state=self._queue_figures,
+            subscribe_to=self.subscribe_to,
+            expires=self.state_expires,
+        )
+        self.state_events.start()
         return self.server
 
+    def _queue_figures(self) -> QueueFigures:
+        """Our own queue (QueueState): the overload guard's places, or the calls being
+        routed when there is no guard."""
+        guard = self.overload
+        if guard is None:
+            return QueueFigures(len(self._branches), 0)
+        held = guard.in_flight + guard.queued
+        return QueueFigures(held, guard.hard_limit, held >= guard.capacity + guard.queue_limit)
+
     async def close(self) -> None:
+        if self.state_events is not None:
+            await self.state_events.close()
         for task in list(self._tasks):
             task.cancel()
         for call in {id(c): c for c in self._branches.values()}.values():
@@ -352,6 +401,19 @@ class EmergencyCore:
                 self._run_stx(key, entry, entry.tx.receive(request))
                 return
         in_dialog = request.to_tag is not None
+        events = self.state_events
+        if events is not None:
+            # i3 state packages (RFC 6665): a SUBSCRIBE addressed to us, a NOTIFY of one of
+            # our own subscriptions. Others (a call's dialog, a SUBSCRIBE routed beyond us)
+            # are forwarded like any in-dialog request.
+            if method == "SUBSCRIBE" and (
+                not request.headers.get("Route") or self._top_route_is_ours_only(request)
+            ):
+                self._answer(key, request, source, events.on_subscribe(request))
+                return
+            if method == "NOTIFY" and events.owns_notify(request):
+                self._answer(key, request, source, events.on_notify(request))
+                return
         if method in ("INVITE", "MESSAGE") and not in_dialog:
             # A new call is always routed here, whatever Route set it was given: the ESRP
             # is the routing authority for emergency calls (never bypassed, never dropped).
@@ -1005,6 +1067,8 @@ class EmergencyCore:
     # -- responses -----------------------------------------------------------------------
 
     def _on_response(self, response: Response, source: Source) -> None:
+        if self.state_events is not None and self.state_events.on_response(response):
+            return
         branch = response.branch or ""
         call = self._branches.get(branch)
         if call is not None and call.proxy is not None:
