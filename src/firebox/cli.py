@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from firebox import __version__
+from firebox.logging.cli import logs_app
 
 app = typer.Typer(
     name="firebox",
@@ -23,6 +24,7 @@ deployment_app = typer.Typer(help="Check and show deployment files.", no_args_is
 lost_app = typer.Typer(help="Ask a LoST server (ECRF) from the command line.", no_args_is_help=True)
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(lost_app, name="lost")
+app.add_typer(logs_app, name="logs")
 
 console = Console()
 #: Generated callers the demo's LIS holds (population-weighted across the towns).
