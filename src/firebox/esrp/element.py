@@ -50,16 +50,23 @@ Optional parts, each a constructor argument:
   from the guard) is served, and the element subscribes to ``emergency-QueueState`` of each
   queue in ``subscribe_to``, applying NOTIFYs to ``router.states`` for the policy.
 
-Not done: a DIVERT to a configured announcement/diversion target (the call is routed
-normally and the callback record kept); double Record-Route for a call that changes
-transport; DNS (RFC 3263) for next hops ``resolve`` does not know (the URI's host is used
-as it is); notify actions of the policy (``RouteDecision.notifications``) are not sent.
+* ``divert_to``: the announcement-and-callback service a call the BCF diverts goes to
+  first (the normal route follows it if it fails); without it a diverted call is routed
+  normally. Either way its callback record is kept in ``callbacks``.
+
+The policy's notify actions (``RouteDecision.notifications``) go out as SIP MESSAGE with a
+JSON summary of the call to each SIP URI target (counted in ``notified``), never delaying
+the call.
+
+Not done: double Record-Route for a call that changes transport; DNS (RFC 3263) for next
+hops ``resolve`` does not know (the URI's host is used as it is).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -75,14 +82,17 @@ from firebox.esrp.logevents import CallLogger
 from firebox.esrp.policy import (
     CallContext,
     CallMedium,
+    Destination,
     DestinationKind,
     RouteDecision,
     decide,
 )
+from firebox.esrp.outbound import Outbound
 from firebox.esrp.router import Router
 from firebox.esrp.stateevents import QueueFigures, StateEvents
 from firebox.sip.address import SipUri, parse_name_addr, parse_uri
 from firebox.sip.errors import SipParseError
+from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, caller_uri, make_response
 from firebox.sip.proxy import (
     CancelTimer,
@@ -204,6 +214,7 @@ class EmergencyCore:
         element_id: str | None = None,
         subscribe_to: Iterable[str] = (),
         state_expires: int = 600,
+        divert_to: str | None = None,
     ) -> None:
         self.bcf = bcf
         self.router = router
@@ -231,6 +242,13 @@ class EmergencyCore:
         self.subscribe_to = tuple(subscribe_to)
         self.state_expires = state_expires
         self.state_events: StateEvents | None = None
+        #: Where a call the BCF diverts goes first (an announcement and callback service);
+        #: ``None``: diverted calls are routed normally, with their callback record.
+        self.divert_to = divert_to
+        #: Policy notify actions sent / failed / not sendable.
+        self.notified: Counter[str] = Counter()
+        #: Requests we originate (NOTIFY, SUBSCRIBE, MESSAGE), in client transactions.
+        self.outbound = Outbound(self._send, self.resolve)
         self.server: SipServer | None = None
         self.stats: Counter[str] = Counter()
         #: Per destination URI: ``tried``, ``answered``, ``failed``.
@@ -262,8 +280,7 @@ class EmergencyCore:
             service_domain=domain,
             contact=self.record_route_uri,
             queue_uri=f"sip:queue@{self.element_id}",
-            send=self._send,
-            resolve=self.resolve,
+            outbound=self.outbound,
             queue_state=self._queue_figures,
             subscribe_to=self.subscribe_to,
             expires=self.state_expires,
@@ -283,6 +300,7 @@ class EmergencyCore:
     async def close(self) -> None:
         if self.state_events is not None:
             await self.state_events.close()
+        self.outbound.close()
         for task in list(self._tasks):
             task.cancel()
         for call in {id(c): c for c in self._branches.values()}.values():
@@ -674,6 +692,7 @@ class EmergencyCore:
         record = call.record
         forward = request
         source_id: str | None = None
+        diverted = False
         try:
             outcome = self.bcf.process(request, source.host, time.monotonic())
             record.events += outcome.log
@@ -693,6 +712,7 @@ class EmergencyCore:
             if outcome.request is not None:
                 forward = outcome.request
             if outcome.action is Action.DIVERT:
+                diverted = True
                 self.stats["diverted"] += 1
                 if outcome.callback is not None:
                     self.callbacks.append(outcome.callback)
@@ -753,7 +773,18 @@ class EmergencyCore:
                 call, make_response(request, 486, to_tag=secrets.token_hex(5))
             )
             return
-        targets = [self._target(d.uri, d.kind) for d in decision.destinations]
+        if decision.notifications:
+            self._notify_policy(decision, forward)
+        destinations = list(decision.destinations)
+        if diverted and self.divert_to:
+            # NENA i3 4.1: a diverted call goes to the announcement-and-callback service;
+            # should that fail, the normal route follows (never a dead end).
+            destinations.insert(0, Destination(
+                self.divert_to, DestinationKind.DIVERSION, None,
+                "BCF diverted the call: announcement and callback",
+            ))  # fmt: skip
+            record.events.append(f"diverted to {self.divert_to} first, then the normal route")
+        targets = [self._target(d.uri, d.kind) for d in destinations]
         call.transport = self._address(targets[0])[2]
         via_transport = call.transport.upper()
         rr = None
@@ -786,6 +817,52 @@ class EmergencyCore:
             )
             return
         self._run(call, events)
+
+    def _notify_policy(self, decision: RouteDecision, request: Request) -> None:
+        """Send the policy's notify actions: a SIP MESSAGE (RFC 3428) with a JSON summary of
+        the call to each target that is a SIP URI; other targets are only recorded. Sent
+        and forgotten: a notification never holds a call up."""
+        first = decision.destinations[0].uri if decision.destinations else None
+        ids = {
+            purpose: value[value.find("<") + 1 : value.find(">")]
+            for value in request.headers.get_all("Call-Info")
+            for purpose in ("emergency-CallId", "emergency-IncidentId")
+            if f"purpose={purpose}" in value and "<" in value
+        }
+        for note in decision.notifications:
+            target = note.target.strip()
+            if not target.lower().startswith(("sip:", "sips:")):
+                self.notified["unsendable"] += 1
+                log.info("policy notify to %s (%s): not a SIP URI, recorded only", target, note.rule_id)
+                continue
+            body = json.dumps({
+                "event": "policy-notify", "ruleId": note.rule_id, "reason": note.reason,
+                "callIdSip": note.call_id, "callId": ids.get("emergency-CallId"),
+                "incidentId": ids.get("emergency-IncidentId"), "caller": caller_uri(request),
+                "destination": first, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }, separators=(",", ":")).encode()  # fmt: skip
+            transport = self._address(Target(target))[2]
+            message = Request("MESSAGE", target, Headers([
+                ("Via", f"SIP/2.0/{transport.upper()} {self.advertised_host}:{self.port};branch={new_branch()}"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:{self.element_id}>;tag={secrets.token_hex(5)}"),
+                ("To", f"<{target}>"),
+                ("Call-ID", secrets.token_hex(12)),
+                ("CSeq", "1 MESSAGE"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+            ]), body)  # fmt: skip
+
+            def sent(response: Response, target: str = target) -> None:
+                self.notified["sent" if response.status < 300 else "refused"] += 1
+                if response.status >= 300:
+                    log.info("policy notify to %s answered %s", target, response.status)
+
+            def failed(target: str = target) -> None:
+                self.notified["failed"] += 1
+                log.info("policy notify to %s: no answer", target)
+
+            self.outbound.request(message, sent, failed)
 
     def _default_decision(self, request: Request) -> RouteDecision:
         ctx = CallContext(
@@ -1067,7 +1144,7 @@ class EmergencyCore:
     # -- responses -----------------------------------------------------------------------
 
     def _on_response(self, response: Response, source: Source) -> None:
-        if self.state_events is not None and self.state_events.on_response(response):
+        if self.outbound.on_response(response):
             return
         branch = response.branch or ""
         call = self._branches.get(branch)

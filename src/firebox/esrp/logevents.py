@@ -51,7 +51,7 @@ from firebox.logging.events import (
     new_call_id,
     new_incident_id,
 )
-from firebox.sip.message import Message, Request, Response, serialize
+from firebox.sip.message import Message, Request, serialize
 
 __all__ = ["CallLogger", "LoggedLost", "current_call"]
 

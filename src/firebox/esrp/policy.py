@@ -123,6 +123,9 @@ class DestinationKind(StrEnum):
     BUSINESS_LINE = "BUSINESS_LINE"
     #: The configured destination of last resort.
     CATCH_ALL = "CATCH_ALL"
+    #: The announcement-and-callback target of calls the BCF diverted (the element puts it
+    #: first; the normal route follows it).
+    DIVERSION = "DIVERSION"
 
 
 #: Kinds that may end a failover list (the first rule of firebox).

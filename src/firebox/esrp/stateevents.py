@@ -18,11 +18,10 @@ queue whose notifier cannot be reached is recorded ``Unreachable`` (which the ta
 as unknown: still tried, after those known to be good).
 
 Every request we send (NOTIFY, SUBSCRIBE) runs in an RFC 3261 non-INVITE client
-transaction, whose retransmissions and timeouts are driven here with ``loop.call_later``;
-a notifier's NOTIFY that times out ends that subscription (RFC 6665 section 4.2.2), a
+transaction (``esrp.outbound``); a notifier's NOTIFY that times out ends that subscription (RFC 6665 section 4.2.2), a
 subscriber's SUBSCRIBE that times out is retried after ``retry_delay``. The element hands
 in SUBSCRIBE and NOTIFY requests (``on_subscribe``, ``on_notify``: each returns the response
-for the element's server transaction) and responses (``on_response``).
+for the element's server transaction); responses go to ``Outbound.on_response``.
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ from firebox.esrp.states import (
     StateError,
     StateTable,
 )
-from firebox.sip.address import SipUri, parse_name_addr, parse_uri
-from firebox.sip.errors import SipParseError
-from firebox.sip.message import Message, Request, Response, make_response
+from firebox.esrp.outbound import Outbound
+from firebox.sip.message import Request, Response, make_response
 from firebox.sip.subscription import (
     DialogId,
     Notifier,
@@ -61,25 +59,11 @@ from firebox.sip.subscription import (
     SubscriptionStarted,
     event_package,
 )
-from firebox.sip.transaction import (
-    CancelTimer,
-    ClientNonInviteTransaction,
-    Deliver,
-    Send,
-    StartTimer,
-    Terminated,
-    Timeout,
-    TransportError,
-    is_reliable,
-)
+from firebox.sip.transaction import Send
 
 __all__ = ["QueueFigures", "StateEvents"]
 
 log = logging.getLogger(__name__)
-
-#: ``(host, port, transport)`` of a next hop.
-Address = tuple[str, int, str]
-
 
 @dataclass(frozen=True, slots=True)
 class QueueFigures:
@@ -90,22 +74,11 @@ class QueueFigures:
     full: bool = False
 
 
-@dataclass(slots=True)
-class _Client:
-    """One client transaction of ours and who wants its outcome."""
-
-    tx: ClientNonInviteTransaction
-    address: Address
-    on_response: Callable[[Response], None]
-    on_failure: Callable[[], None]
-    timers: dict[str, asyncio.TimerHandle]
-
-
 class StateEvents:
     """State notifications of one element (see the module docstring).
 
-    ``send(message, address)`` puts a message on the wire; ``resolve(uri)`` gives a
-    URI's next-hop address (``None``: the URI's own host and port). ``contact`` is our SIP
+    ``outbound`` runs the client transactions of our requests (NOTIFY, SUBSCRIBE), with
+    the element's transport. ``contact`` is our SIP
     URI (Contact of our requests and the Via sent-by); ``queue_uri`` our own queue's URI;
     ``subscribe_to`` the downstream queue URIs to follow."""
 
@@ -117,8 +90,7 @@ class StateEvents:
         service_domain: str,
         contact: str,
         queue_uri: str,
-        send: Callable[[Message, Address], None],
-        resolve: Callable[[str], Address | None],
+        outbound: Outbound,
         queue_state: Callable[[], QueueFigures] | None = None,
         subscribe_to: Iterable[str] = (),
         expires: int = 600,
@@ -131,8 +103,7 @@ class StateEvents:
         self.service_domain = service_domain
         self.contact = contact
         self.queue_uri = queue_uri
-        self._send = send
-        self._resolve = resolve
+        self.outbound = outbound
         self._queue_state = queue_state or (lambda: QueueFigures(0, 0))
         self.queue_interval = queue_interval
         self.tick_interval = tick_interval
@@ -148,7 +119,6 @@ class StateEvents:
             uri: Subscriber(EVENT_QUEUE_STATE, uri, local, contact, expires, retry_delay=retry_delay)
             for uri in dict.fromkeys(subscribe_to)
         }
-        self._clients: dict[str, _Client] = {}  # by branch
         self._last_queue: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         #: notifications applied, refused, subscriptions started / ended, failures
@@ -181,10 +151,6 @@ class StateEvents:
             if all(sub.state is SubscriberState.IDLE for sub in self.subscribers.values()):
                 break
             await asyncio.sleep(0.02)
-        for client in self._clients.values():
-            for handle in client.timers.values():
-                handle.cancel()
-        self._clients.clear()
 
     # -- our own state -------------------------------------------------------------------
 
@@ -267,14 +233,6 @@ class StateEvents:
         self._after_subscriber(sub)
         return response
 
-    def on_response(self, response: Response) -> bool:
-        """A response to a request of ours (True), or not ours (False)."""
-        client = self._clients.get(response.branch or "")
-        if client is None:
-            return False
-        self._run_client(response.branch or "", client.tx.receive(response))
-        return True
-
     # -- internals -------------------------------------------------------------------------
 
     def _now(self) -> float:
@@ -310,82 +268,6 @@ class StateEvents:
             if request is not None:
                 self._send_subscribe(sub, request)
 
-    def _address(self, request: Request) -> Address | None:
-        routes = request.headers.get_all("Route")
-        hop = routes[0] if routes else request.uri
-        try:
-            uri_text = str(parse_name_addr(hop).uri) if "<" in hop else hop
-        except SipParseError:
-            return None
-        try:
-            found = self._resolve(uri_text)
-        except Exception:  # noqa: BLE001
-            log.exception("resolve(%s) failed", uri_text)
-            found = None
-        if found is not None:
-            return found
-        try:
-            uri = parse_uri(uri_text)
-        except SipParseError:
-            return None
-        if not isinstance(uri, SipUri):
-            return None
-        transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        return (uri.host.strip("[]"), uri.port or (5061 if transport == "tls" else 5060), transport)
-
-    def _start_client(
-        self, request: Request, on_response: Callable[[Response], None], on_failure: Callable[[], None]
-    ) -> None:
-        address = self._address(request)
-        if address is None:
-            log.warning("state events: no address for %s %s", request.method, request.uri)
-            on_failure()
-            return
-        tx = ClientNonInviteTransaction(request, reliable=is_reliable(address[2]))
-        branch = request.branch or ""
-        self._clients[branch] = _Client(tx, address, on_response, on_failure, {})
-        self._run_client(branch, tx.start())
-
-    def _run_client(self, branch: str, events: list[Any]) -> None:
-        client = self._clients.get(branch)
-        if client is None:
-            return
-        loop = asyncio.get_running_loop()
-        for event in events:
-            if isinstance(event, Send):
-                self._send(event.message, client.address)
-            elif isinstance(event, StartTimer):
-                old = client.timers.pop(event.name, None)
-                if old is not None:
-                    old.cancel()
-                client.timers[event.name] = loop.call_later(event.delay, self._client_timer, branch, event.name)
-            elif isinstance(event, CancelTimer):
-                old = client.timers.pop(event.name, None)
-                if old is not None:
-                    old.cancel()
-            elif isinstance(event, Deliver) and isinstance(event.message, Response):
-                if event.message.status >= 200:
-                    self._guard(client.on_response, event.message)
-            elif isinstance(event, Timeout | TransportError):
-                self._guard(client.on_failure)
-            elif isinstance(event, Terminated):
-                for handle in client.timers.values():
-                    handle.cancel()
-                self._clients.pop(branch, None)
-
-    def _client_timer(self, branch: str, name: str) -> None:
-        client = self._clients.get(branch)
-        if client is None:
-            return
-        client.timers.pop(name, None)
-        self._run_client(branch, client.tx.timer(name))
-
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("state events: handler failed")
-
     # notifier side
 
     def _run_notifier(self, notifier: Notifier, events: list[NotifierEvent]) -> None:
@@ -401,7 +283,7 @@ class StateEvents:
                 def answered(response: Response, notifier: Notifier = notifier) -> None:
                     self._run_notifier(notifier, notifier.handle_response(response, self._now()))
 
-                self._start_client(notify, answered, failed)
+                self.outbound.request(notify, answered, failed)
             elif isinstance(event, SubscriptionStarted):
                 self._count("subscriptions_started")
                 log.info("%s: %s subscribed for %d s", notifier.event, event.subscriber, event.expires)
@@ -423,7 +305,7 @@ class StateEvents:
             sub.transaction_failed(self._now())
             self._after_subscriber(sub)
 
-        self._start_client(request, answered, failed)
+        self.outbound.request(request, answered, failed)
 
     def _after_subscriber(self, sub: Subscriber) -> None:
         """A subscription that ended or failed leaves its queue's state ``Unreachable``
