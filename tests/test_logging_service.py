@@ -138,6 +138,8 @@ async def test_bad_log_events_name_every_wrong_member(client):
         ({"payload": "e30", "signature": ""}, "protected"),
         ({"protected": "eyJhbGciOiJub25lIn0", "payload": "e30=", "signature": ""}, "payload"),
         ({"protected": "eyJhbGciOiJub25lIn0", "payload": "e30", "signature": "", "header": {}}, "header"),
+        ({"protected": "eyJhbGciOiJub25lIn0", "payload": "e30", "signature": 1.5}, "signature"),
+        ({"protected": "eyJhbGciOiJub25lIn0", "payload": "e30", "signature": "a+b"}, "signature"),
     ],
 )
 async def test_not_a_jws(client, body, member):
@@ -223,6 +225,13 @@ async def test_conversation_in_order(client):
         assert payloads == events
     nothing = await client.get("/Conversations/urn:emergency:uid:callid:none:example.net")
     assert nothing.status_code == 404 and members(nothing) == ["callId"]
+
+
+async def test_unknown_paths_and_methods_answer_problem_json(client):
+    reply = await client.get("/Nothing/here")
+    assert reply.status_code == 404 and reply.headers["content-type"] == "application/problem+json"
+    reply = await client.put("/LogEvents", content=b"{}")
+    assert reply.status_code == 405 and reply.json()["status"] == 405 and "GET" in reply.headers["allow"]
 
 
 async def test_versions_and_openapi(client):

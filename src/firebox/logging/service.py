@@ -46,6 +46,7 @@ from typing import Any
 
 from cryptography import x509
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -77,6 +78,28 @@ class _Reject(Exception):
     def __init__(self, status: int, title: str, problems: list[Problem]):
         super().__init__(title)
         self.status, self.title, self.problems = status, title, problems
+
+
+def _structure(doc: dict[str, Any]) -> None:
+    """Exactly ``protected``, ``payload`` and ``signature``, each base64url (RFC 7515
+    section 7.2.2, no unprotected header); ``JwsError`` naming the member otherwise."""
+    for name in doc:
+        if name not in jwslib.MEMBERS:
+            raise jwslib.JwsError(name, "not a member of a flattened JWS as accepted here "
+                                  "(protected, payload, signature; no unprotected header)")
+    for name in jwslib.MEMBERS:
+        if name not in doc:
+            raise jwslib.JwsError(name, "missing member")
+        jwslib.b64url_decode(doc[name], name)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such path) and 405 (method) as problem JSON."""
+    assert isinstance(exc, HTTPException)
+    reply = problem(exc.status_code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        reply.headers[name] = value
+    return reply
 
 
 def problem(status: int, title: str, problems: Sequence[Problem] = (), **extra: Any) -> JSONResponse:
@@ -132,12 +155,16 @@ class LoggingService:
         """Verify and validate one ``POST /LogEvents`` body; raises ``_Reject``."""
         if len(body) > jwslib.MAX_JWS_BYTES:
             raise _Reject(461, "LogEvent too big", [Problem("", f"{len(body)} bytes, more than {jwslib.MAX_JWS_BYTES}")])
-        try:
+        try:  # the form of a flattened JWS: 400
             doc = jwslib.parse_json_object(body, None)
+            _structure(doc)
+        except jwslib.JwsError as exc:
+            raise _Reject(400, "Not a flattened JSON JWS", [Problem(exc.member or "", exc.message)]) from None
+        try:
             verified = jwslib.verify(doc, allow_none=self.allow_none, trust=self.trust)
         except jwslib.JwsError as exc:
             member = exc.member or ""
-            if member == "signature" or member == "x5c":
+            if member in ("signature", "x5c"):
                 status, title = 434, "Signature Verification Failure"
             elif member == "alg":
                 status, title = 438, "Unacceptable Algorithm"
@@ -286,6 +313,7 @@ class LoggingService:
                 Route("/openapi.json", self.get_openapi, methods=["GET"]),
             ],
             lifespan=self.lifespan,
+            exception_handlers={HTTPException: _http_error},
         )
 
 
