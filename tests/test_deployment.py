@@ -97,3 +97,73 @@ def test_broken_yaml_and_missing_file(tmp_path: Path):
         parse_deployment("- a\n- b\n")
     with pytest.raises(DeploymentError, match="cannot read"):
         load_deployment(tmp_path / "nope.yaml")
+
+
+# -- SIP elements: BCF + ESRP, simulated PSAPs ---------------------------------------------
+
+SIP = (
+    GOOD.replace('    business_line: "+1 603 555 0102"\n', '    business_line: "+1 603 555 0102"\n    simulated: true\n')
+    + """\
+  bcf:
+    listen: 127.0.0.1:5070
+    transports: [udp]
+    sources:
+      192.0.2.0/24: carrier-a
+  esrp:
+    pstn_gateway: pstn-gw.demo.firebox.test
+    default_psap: psap-02
+  psap_agents:
+    listen: 127.0.0.1:0
+    hold_seconds: 3
+    faults:
+      psap-02: busy
+"""
+)
+
+
+def test_sip_elements_load_and_round_trip():
+    dep = parse_deployment(SIP)
+    els = dep.elements
+    assert els.bcf is not None and els.bcf.transports == ["udp"] and els.bcf.sources == {"192.0.2.0/24": "carrier-a"}
+    assert els.esrp is not None and els.esrp.default_psap == "psap-02"
+    assert els.psap_agents is not None and els.psap_agents.faults == {"psap-02": "busy"}
+    assert [p.simulated for p in dep.psaps] == [False, True]
+    assert parse_deployment(dump_deployment(dep)).model_dump() == dep.model_dump()
+    # Without the keys, nothing SIP runs.
+    plain = parse_deployment(GOOD)
+    assert plain.elements.bcf is None and plain.elements.esrp is None and plain.elements.psap_agents is None
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("    transports: [udp]\n", "    transports: [sctp]\n", "line 36: elements.bcf.transports[0]: Input should be 'udp' or 'tcp'"),
+        ("    listen: 127.0.0.1:5070\n", "    listen: 5070\n", "line 35: elements.bcf.listen: '5070' is not HOST:PORT"),
+        ("      192.0.2.0/24: carrier-a", "      192.0.2/33: carrier-a", "line 37: elements.bcf.sources: '192.0.2/33' is not a network"),
+        ("    default_psap: psap-02", "    default_psap: psap-09", "line 41: elements.esrp.default_psap: unknown PSAP id 'psap-09'"),
+        ("    pstn_gateway: pstn-gw.demo.firebox.test", "    pstn_gateway: gw/x", "line 40: elements.esrp.pstn_gateway: String should match pattern"),
+        ("      psap-02: busy", "      psap-02: asleep", "line 46: elements.psap_agents.faults.psap-02: Input should be 'answer', 'busy' or 'silent'"),
+        ("      psap-02: busy", "      psap-01: busy", "line 46: elements.psap_agents.faults.psap-01: not a simulated PSAP 'psap-01'"),
+        ("      psap-02: busy", "      psap-07: busy", "line 46: elements.psap_agents.faults.psap-07: unknown PSAP id 'psap-07'"),
+        ("    hold_seconds: 3", "    hold_seconds: -1", "line 44: elements.psap_agents.hold_seconds: Input should be greater than 0"),
+        ("    simulated: true\n", "    simulated: maybe\n", "line 28: psaps[1].simulated: Input should be a valid boolean"),
+        ("    simulated: true\n", "", "line 41: elements.psap_agents: no PSAP is marked simulated: true"),
+        ("  esrp:\n    pstn_gateway: pstn-gw.demo.firebox.test\n    default_psap: psap-02\n", "", "line 34: elements.bcf: the BCF hands calls to an ESRP: add elements.esrp"),
+        ("  bcf:\n    listen: 127.0.0.1:5070\n    transports: [udp]\n    sources:\n      192.0.2.0/24: carrier-a\n", "", "line 34: elements.esrp: the ESRP needs elements.bcf"),
+        ("  psap_agents:\n    listen: 127.0.0.1:0\n    hold_seconds: 3\n    faults:\n      psap-02: busy\n", "", "line 28: psaps[1].simulated: a simulated PSAP needs elements.psap_agents"),
+    ],
+)
+def test_sip_errors_name_key_and_line(old, new, expected):
+    assert old in SIP
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(SIP.replace(old, new, 1))
+    assert any(expected in p for p in exc.value.problems), exc.value.problems
+
+
+def test_esrp_without_an_ecrf_needs_a_lost_server():
+    text = SIP.replace("elements:\n  ecrf:\n    listen: 127.0.0.1:7070\n    peers:\n      - uri: http://127.0.0.1:7071/lost\n", "elements:\n  ecrf: null\n")
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(text)
+    assert any("elements.esrp: no ECRF to ask" in p for p in exc.value.problems), exc.value.problems
+    ok = parse_deployment(text.replace("    default_psap: psap-02\n", "    default_psap: psap-02\n    lost: http://127.0.0.1:7071/lost\n"))
+    assert ok.elements.esrp is not None and ok.elements.esrp.lost == "http://127.0.0.1:7071/lost"

@@ -69,7 +69,8 @@ def serve(
     path: Annotated[Path, typer.Argument(help="The deployment file.")],
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
-    """Serve the elements a deployment file names (ECRF/LVF, LIS, web page)."""
+    """Serve the elements a deployment file names (ECRF/LVF, LIS, web page, BCF + ESRP,
+    simulated PSAP agents)."""
     from firebox.deployment import DeploymentError, load_deployment
     from firebox.node import build_node, run_node
 
@@ -91,7 +92,12 @@ def demo(
     duration: Annotated[
         Optional[float], typer.Option(help="Run this many seconds, then print a summary and stop.")
     ] = None,
-    rate: Annotated[float, typer.Option(min=0, help="Generated caller lookups per second.")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Generated callers per second: HELD + LoST lookups, and as many SIP 911 calls.")
+    ] = 20.0,
+    sip_listen: Annotated[
+        str, typer.Option(help="HOST:PORT of the BCF + ESRP (SIP over UDP and TCP); port 0: any free port.")
+    ] = "127.0.0.1:5070",
     workdir: Annotated[Path, typer.Option(help="Where the generated state is written.")] = Path(
         "var/demo"
     ),
@@ -103,7 +109,9 @@ def demo(
     from firebox.node import attach_callers, build_node, run_node, write_demo
 
     target = write or workdir
-    deployment_file, state = write_demo(target, seed=seed, n_towns=towns, listen=listen, console=console)
+    deployment_file, state = write_demo(
+        target, seed=seed, n_towns=towns, listen=listen, sip_listen=sip_listen, console=console
+    )
     if write is not None:
         console.print(f"wrote {deployment_file}")
         return

@@ -14,10 +14,11 @@ Relative paths are resolved against the directory of the file.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -140,6 +141,8 @@ class PsapConfig(_Model):
     business_line: BusinessLine
     alternates: list[str] = []
     towns: list[str] = []
+    #: Answered by firebox's own PSAP user agent (``elements.psap_agents``): demos, tests.
+    simulated: bool = False
 
     @field_validator("uri")
     @classmethod
@@ -172,10 +175,68 @@ class WebConfig(_Model):
     listen: Listen = "127.0.0.1:7070"
 
 
+SipTransport = Literal["udp", "tcp"]
+AgentMode = Literal["answer", "busy", "silent"]
+
+
+class BcfConfig(_Model):
+    """The BCF: the SIP ingress carriers send 911 calls to (NENA-STA-010.3 section 4.1).
+    It and the ESRP run as one SIP element (``firebox.esrp.element``), listening here."""
+
+    listen: Listen = "127.0.0.1:5070"
+    transports: list[SipTransport] = Field(default=["udp", "tcp"], min_length=1)
+    #: Host put in Via and Record-Route when ``listen`` is a wildcard address.
+    advertised_host: str | None = None
+    #: Which carrier each source network is (CIDR: name); calls from elsewhere are "unknown".
+    sources: dict[str, str] = {"127.0.0.0/8": "local"}
+    rate_per_second: float = Field(default=50.0, gt=0)
+    burst: float = Field(default=100.0, ge=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _cidrs(cls, v: dict[str, str]) -> dict[str, str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"'{cidr}' is not a network like 192.0.2.0/24") from None
+        return v
+
+
+class EsrpConfig(_Model):
+    """The ESRP behind the BCF (NENA-STA-010.3 section 4.2): LoST to the ECRF (this node's,
+    in-process, unless ``lost`` names a LoST server), HELD dereference of location URIs,
+    policy routing along each PSAP's alternates, then its business line through the PSTN
+    gateway."""
+
+    pstn_gateway: str = Field(default="pstn-gw.invalid", pattern=r"^[A-Za-z0-9.\-]+(:\d{1,5})?$")
+    default_psap: str | None = None
+    lost: HttpUrl | None = None
+    held_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    lost_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    #: A destination that sends no provisional answer within this time is failed over.
+    provisional_timeout_seconds: float = Field(default=1.0, gt=0, le=32)
+
+
+class PsapAgentsConfig(_Model):
+    """firebox's own SIP user agent answering for every PSAP marked ``simulated`` (and for
+    their business lines, as the PSTN gateway): ``firebox.psap.ua``."""
+
+    listen: Listen = "127.0.0.1:0"
+    ring_seconds: float = Field(default=0.2, ge=0, le=60)
+    #: The PSAP hangs up (BYE) this long after answering; none: the caller hangs up.
+    hold_seconds: float | None = Field(default=None, gt=0)
+    #: Fault demos: a PSAP id -> ``busy`` (503) or ``silent`` (never answers).
+    faults: dict[str, AgentMode] = {}
+
+
 class Elements(_Model):
     ecrf: EcrfConfig | None = EcrfConfig()
     lis: LisConfig | None = LisConfig()
     web: WebConfig | None = WebConfig()
+    bcf: BcfConfig | None = None
+    esrp: EsrpConfig | None = None
+    psap_agents: PsapAgentsConfig | None = None
 
 
 class Deployment(_Model):
@@ -206,6 +267,35 @@ class Deployment(_Model):
                     problems.append((("psaps", n, "alternates", k), "a PSAP cannot be its own alternate"))
                 elif alt not in known:
                     problems.append((("psaps", n, "alternates", k), f"unknown PSAP id '{alt}'"))
+        problems += self._check_sip(known)
+        return problems
+
+    def _check_sip(self, known: set[str]) -> list[tuple[tuple[Any, ...], str]]:
+        els = self.elements
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        if els.esrp is not None and els.bcf is None:
+            problems.append((("elements", "esrp"), "the ESRP needs elements.bcf, its SIP ingress"))
+        if els.bcf is not None and els.esrp is None:
+            problems.append((("elements", "bcf"), "the BCF hands calls to an ESRP: add elements.esrp"))
+        if els.esrp is not None:
+            if els.esrp.lost is None and els.ecrf is None:
+                problems.append((("elements", "esrp"), "no ECRF to ask: add elements.ecrf or elements.esrp.lost"))
+            if els.esrp.default_psap is not None and els.esrp.default_psap not in known:
+                problems.append((("elements", "esrp", "default_psap"), f"unknown PSAP id '{els.esrp.default_psap}'"))
+            if not self.psaps:
+                problems.append((("elements", "esrp"), "no PSAPs to route calls to"))
+        simulated = {p.id for p in self.psaps if p.simulated}
+        if els.psap_agents is None:
+            for n, psap in enumerate(self.psaps):
+                if psap.simulated:
+                    problems.append((("psaps", n, "simulated"), "a simulated PSAP needs elements.psap_agents"))
+        else:
+            if not simulated:
+                problems.append((("elements", "psap_agents"), "no PSAP is marked simulated: true"))
+            for psap_id in els.psap_agents.faults:
+                if psap_id not in simulated:
+                    what = "not a simulated PSAP" if psap_id in known else "unknown PSAP id"
+                    problems.append((("elements", "psap_agents", "faults", psap_id), f"{what} '{psap_id}'"))
         return problems
 
     def psap(self, psap_id: str) -> PsapConfig | None:

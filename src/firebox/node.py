@@ -2,10 +2,13 @@
 
 ``build_node`` loads the GIS layers (with their quality reports), the LVF's streets, the ECRF
 and the LIS; ``run_node`` serves them with uvicorn, one server per listen address (elements
-that share an address share a server), and optionally drives a generated caller load through
-them over the wire: HELD to the LIS for each caller's location, then LoST to the ECRF, the
-way an ESRP will. ``write_demo`` writes the generated state and its deployment file, so the
-demo starts through the same loader as ``firebox serve``.
+that share an address share a server), starts the SIP elements the deployment names (the
+PSAP user agents of ``simulated`` PSAPs, then the BCF + ESRP as one ``EmergencyCore``), and
+optionally drives two generated loads through them over the wire: lookups (HELD to the LIS
+for each caller's location, then LoST to the ECRF, as an ESRP does) and 911 calls (a
+carrier's INVITEs into the BCF, ``firebox.sim.carrier``). ``write_demo`` writes the
+generated state and its deployment file, so the demo starts through the same loader as
+``firebox serve``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ if TYPE_CHECKING:
     from firebox.demo.state import DemoState
     from firebox.ecrf.lvf import Lvf
     from firebox.ecrf.service import Ecrf
+    from firebox.esrp.element import EmergencyCore
     from firebox.lis.service import Lis
+    from firebox.psap.ua import PsapAgents
+    from firebox.sim.carrier import CarrierStats
+
+#: Concurrent calls the demo's carrier keeps up at most.
+MAX_CALLS = 200
+#: How long (s) the carrier's callers stay on the line: uniform in this range.
+CALLER_HOLD = (1.0, 5.0)
+#: How long (s), at most, the end of a run waits for calls in progress to finish.
+DRAIN_SECONDS = 8.0
 
 SERVICE_NUMBERS = {
     "urn:service:sos": "911",
@@ -72,6 +85,9 @@ class Node:
     towns_geojson: dict[str, Any] | None = None
     callers: list[tuple[float, float, str]] = field(default_factory=list)
     stats: LoadStats = field(default_factory=LoadStats)
+    core: EmergencyCore | None = None
+    agents: PsapAgents | None = None
+    calls: CarrierStats | None = None
 
 
 def _source(dep: Deployment, element: str) -> str:
@@ -205,22 +221,172 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
         await asyncio.sleep(0.05)
     for listen in node.apps:
         console.print(f"[green]serving[/green] http://{listen}/")
-    load = None
-    if caller_rate > 0 and node.callers and node.deployment.elements.ecrf:
-        load = asyncio.create_task(_caller_load(node, caller_rate))
+    http = None
+    lookups: asyncio.Task[None] | None = None
+    calls: asyncio.Task[None] | None = None
+    stop = asyncio.Event()
     try:
+        http = await start_sip(node, console)
+        if caller_rate > 0 and node.callers and node.deployment.elements.ecrf:
+            lookups = asyncio.create_task(_caller_load(node, caller_rate))
+        if caller_rate > 0 and node.callers and node.core is not None:
+            calls = asyncio.create_task(_call_load(node, caller_rate, stop))
         if duration is None:
             await asyncio.gather(*tasks)
         else:
             await asyncio.sleep(duration)
     finally:
-        if load is not None:
-            load.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await load
+        stop.set()
+        if calls is not None:
+            # Calls in progress hang up and finish (bounded), so the summary counts them.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(calls), DRAIN_SECONDS + 2)
+        for load in (lookups, calls):
+            if load is not None:
+                load.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+        await stop_sip(node)
+        if http is not None:
+            await http.aclose()
         for s in servers:
             s.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start_sip(node: Node, console: Console | None = None) -> Any:
+    """Start the SIP elements the deployment names: the PSAP user agents (for the PSAPs
+    marked ``simulated``), then the BCF + ESRP (``EmergencyCore``). Returns the HTTP client
+    the ESRP dereferences location URIs with (the caller closes it), or None."""
+    dep = node.deployment
+    els = dep.elements
+    if els.psap_agents is not None:
+        from firebox.psap.ua import AgentMode, PsapAgents, Queue
+
+        cfg = els.psap_agents
+        queues = [
+            Queue(p.id, p.uri, p.name, p.business_line, AgentMode(cfg.faults.get(p.id, "answer")))
+            for p in dep.psaps
+            if p.simulated
+        ]
+        host, port = _split_listen(cfg.listen)
+        node.agents = PsapAgents(queues, host=host, port=port, ring_seconds=cfg.ring_seconds, hold_seconds=cfg.hold_seconds)
+        await node.agents.start()
+        if console is not None:
+            console.print(f"[green]PSAP agents[/green] for {len(queues)} PSAP queues on sip:{host}:{node.agents.port} (udp)")
+    if els.esrp is None or els.bcf is None:
+        return None
+    import httpx
+
+    from firebox.bcf.core import Bcf
+    from firebox.bcf.protection import RateLimit
+    from firebox.esrp.element import EmergencyCore
+    from firebox.esrp.policy import RuleSet, chains_from_deployment
+    from firebox.esrp.router import InProcessLost, Router
+    from firebox.esrp.states import StateTable
+    from firebox.location.pidf import PidfLocation, Presence
+
+    esrp, bcf = els.esrp, els.bcf
+    domain = dep.authority.domain
+    if esrp.lost is not None:
+        from firebox.lost.client import AsyncLostClient
+
+        lost: Any = AsyncLostClient(esrp.lost)
+    else:
+        assert node.ecrf is not None  # deployment cross-check: an ECRF, or esrp.lost
+        lost = InProcessLost(node.ecrf)
+    http = httpx.AsyncClient(timeout=esrp.held_timeout_seconds)
+    chains = chains_from_deployment(dep, esrp.pstn_gateway, default_psap=esrp.default_psap)
+    router = Router(
+        fqdn=f"esrp.{domain}",
+        lost=lost,
+        chains=chains,
+        rules=RuleSet(),
+        states=StateTable(),
+        default_location=Presence(
+            f"sip:ingress@bcf.{domain}",
+            [PidfLocation(shapes=[default_point(node, chains.default.uri if chains.default else None)], method="Manual")],
+        ),
+        http=http,
+        held_timeout=esrp.held_timeout_seconds,
+        lost_timeout=esrp.lost_timeout_seconds,
+    )
+    host, port = _split_listen(bcf.listen)
+    node.core = EmergencyCore(
+        Bcf(f"bcf.{domain}", sources=bcf.sources, rate=RateLimit(bcf.rate_per_second, bcf.burst)),
+        router,
+        host=host,
+        port=port,
+        transports=tuple(bcf.transports),
+        resolve=sip_resolver(node),
+        no_provisional_timeout=esrp.provisional_timeout_seconds,
+        advertised_host=bcf.advertised_host,
+    )
+    try:
+        await node.core.start()
+    except OSError as exc:
+        await http.aclose()
+        node.core = None
+        raise SystemExit(f"the BCF could not listen on {bcf.listen} ({'/'.join(bcf.transports)}): {exc.strerror}") from None
+    if console is not None:
+        console.print(
+            f"[green]BCF + ESRP[/green] listening on sip:{node.core.advertised_host}:{node.core.port} "
+            f"({', '.join(bcf.transports)}); send INVITE urn:service:sos"
+        )
+    return http
+
+
+def sip_resolver(node: Node) -> Any:
+    """Where the ESRP sends each destination: a simulated PSAP's queue (and the PSTN
+    gateway, for their business lines) to the PSAP agents; anything else by its own URI."""
+    from firebox.sip.address import SipUri, parse_uri
+    from firebox.sip.errors import SipParseError
+
+    dep = node.deployment
+    agents = node.agents
+    esrp = dep.elements.esrp
+    gateway = esrp.pstn_gateway.rsplit(":", 1)[0].lower() if esrp is not None else None
+    simulated = {p.uri for p in dep.psaps if p.simulated}
+
+    def resolve(uri: str) -> tuple[str, int, str] | None:
+        if agents is None:
+            return None
+        if uri in simulated:
+            return agents.address
+        try:
+            parsed = parse_uri(uri)
+        except SipParseError:
+            return None
+        if isinstance(parsed, SipUri) and parsed.host.lower() == gateway:
+            return agents.address
+        return None
+
+    return resolve
+
+
+def default_point(node: Node, psap_uri: str | None) -> Any:
+    """The ESRP's default location: a point inside the default PSAP's service area (else
+    inside the first boundary of the ``urn:service:sos`` layer)."""
+    from firebox.location.shapes import Point
+
+    layer = node.index.layer("urn:service:sos") or next(iter(node.index.layers.values()), None)
+    if layer is None or not len(layer):
+        return Point(0.0, 0.0)
+    boundary = next((b for b in layer.boundaries if b.uri == psap_uri), layer.boundaries[0])
+    p = boundary.geometry.point_on_surface()
+    return Point(p.y, p.x)
+
+
+async def stop_sip(node: Node) -> None:
+    if node.core is not None:
+        await node.core.close()
+    if node.agents is not None:
+        await node.agents.close()
 
 
 def attach_callers(node: Node, callers: list[tuple[float, float, str]]) -> None:
@@ -305,6 +471,93 @@ async def _caller_load(node: Node, rate: float) -> None:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+def call_plan_mode(n: int) -> str:
+    """How call ``n`` of the load carries its location: every 20th none, every 20th (10
+    later) a garbled PIDF-LO, every 4th else by reference, the rest by value."""
+    if n % 20 == 0:
+        return "none"
+    if n % 20 == 10:
+        return "garbled"
+    if n % 4 == 1:
+        return "reference"
+    return "value"
+
+
+async def _call_load(node: Node, rate: float, stop: asyncio.Event) -> None:
+    """Generated 911 calls, paced at ``rate`` per second until ``stop``: a carrier sends
+    each caller's INVITE to the BCF over UDP (location by value, by reference to a HELD
+    location URI the LIS hands out, or none/garbled), ACKs the answer and hangs up after a
+    short hold; at most ``MAX_CALLS`` at once. On ``stop`` no new call starts and calls in
+    progress hang up (bounded by ``DRAIN_SECONDS``)."""
+    import httpx
+
+    from firebox.held.codec import LocationRequest, LocationResponse
+    from firebox.held.codec import parse as held_parse
+    from firebox.held.codec import serialize as held_serialize
+    from firebox.sim.carrier import Carrier, CallPlan, LocationMode
+
+    assert node.core is not None
+    dep = node.deployment
+    core_host = node.core.advertised_host
+    if core_host in ("0.0.0.0", "::"):
+        core_host = "127.0.0.1"
+    carrier = Carrier((core_host, node.core.port, "udp"), host="127.0.0.1", domain=f"carrier.{dep.authority.domain}")
+    await carrier.start()
+    node.calls = carrier.stats
+    held_url = f"http://{dep.elements.lis.listen}/held" if node.lis and dep.elements.lis else None
+    rng = random.Random(11)
+    running: set[asyncio.Task[Any]] = set()
+
+    async def location_uri(http: httpx.AsyncClient, identity: str) -> str | None:
+        """What the access network's LIS hands the carrier for this device (RFC 5985)."""
+        if held_url is None:
+            return None
+        body = held_serialize(LocationRequest(location_types=["locationURI"], device_uri=identity))
+        try:
+            answer = held_parse((await http.post(held_url, content=body)).content)
+        except (httpx.HTTPError, ValueError):
+            return None
+        if isinstance(answer, LocationResponse):
+            return next((u for u in answer.location_uris if u.startswith("http")), None)
+        return None
+
+    async def one(http: httpx.AsyncClient, n: int, i: int) -> None:
+        lon, lat, _town = node.callers[i]
+        identity = caller_identity(i)
+        mode = LocationMode(call_plan_mode(n))
+        uri = await location_uri(http, identity) if mode is LocationMode.REFERENCE else None
+        if mode is LocationMode.REFERENCE and uri is None:
+            mode = LocationMode.VALUE
+        await carrier.call(CallPlan(identity, lon, lat, mode, rng.uniform(*CALLER_HOLD), uri))
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            period = 1.0 / rate
+            next_at = time.monotonic()
+            n = 0
+            while not stop.is_set():
+                if len(running) >= MAX_CALLS:
+                    carrier.stats.skipped += 1
+                else:
+                    n += 1
+                    task = asyncio.create_task(one(http, n, rng.randrange(len(node.callers))))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                next_at += period
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+            carrier.hang_up_all()
+            if running:
+                await asyncio.wait(set(running), timeout=DRAIN_SECONDS)
+                carrier.hang_up_all()
+    finally:
+        for task in list(running):
+            task.cancel()
+        if running:
+            await asyncio.wait(set(running), timeout=2.0)
+        await carrier.close()
+
+
 def settle_heap() -> None:
     """Call once the data is loaded, before serving: move everything alive (boundaries,
     indexes, tables) out of the garbage collector's sight. A long-lived server otherwise
@@ -357,13 +610,116 @@ def print_summary(node: Node, console: Console) -> None:
         console.print(table)
     if s.error_kinds:
         console.print(f"errors by kind: {dict(s.error_kinds)}")
+    print_call_summary(node, console)
+
+
+def psap_call_counts(node: Node) -> list[dict[str, Any]]:
+    """Per PSAP: calls its agent was offered / answered / saw end (when simulated), and
+    what the ESRP saw of its queue: tried, answered, failed (each failure a failover)."""
+    dep = node.deployment
+    agents = node.agents.counts if node.agents is not None else {}
+    core = node.core.destinations if node.core is not None else {}
+    rows = []
+    for p in dep.psaps:
+        a = agents.get(p.id)
+        d = core.get(p.uri)
+        rows.append(
+            {
+                "id": p.id,
+                "name": p.name,
+                "uri": p.uri,
+                "simulated": p.simulated,
+                "offered": a.offered if a else 0,
+                "answered": a.answered if a else 0,
+                "ended": a.ended if a else 0,
+                "ended_by_psap": a.ended_by_psap if a else 0,
+                "business_line": a.business_line if a else 0,
+                "routed": d["tried"] if d else 0,
+                "routed_answered": d["answered"] if d else 0,
+                "failed_over": d["failed"] if d else 0,
+            }
+        )
+    return rows
+
+
+def call_totals(node: Node) -> dict[str, Any]:
+    """The SIP call figures of the page and the summary."""
+    c = node.calls
+    core = node.core.stats if node.core is not None else Counter()
+    return {
+        "sent": c.sent if c else 0,
+        "answered": c.answered if c else 0,
+        "unanswered": c.unanswered if c else 0,
+        "failed": c.failed if c else 0,
+        "no_answer": c.no_answer if c else 0,
+        "in_flight": c.in_flight if c else 0,
+        "skipped": c.skipped if c else 0,
+        "failovers": core.get("failovers", 0),
+        "core_in": core.get("calls_in", 0),
+        "core_answered": core.get("answered", 0),
+    }
+
+
+def print_call_summary(node: Node, console: Console) -> None:
+    if node.core is None and node.agents is None:
+        return
+    c = node.calls
+    t = call_totals(node)
+    if c is not None:
+        console.print(
+            f"SIP calls: {t['sent']} sent, {t['answered']} answered, "
+            f"{t['unanswered']} failed without an answer ({t['failed']} refused, {t['no_answer']} no answer, "
+            f"{c.errors} not sent), {t['in_flight']} still in progress; "
+            f"setup p50 {c.percentile(0.5):.1f} ms, p99 {c.percentile(0.99):.1f} ms",
+            highlight=False,
+        )
+        console.print(
+            f"  location: {', '.join(f'{k} {v}' for k, v in sorted(c.by_location.items())) or '-'}; "
+            f"hung up by the caller {c.ended_by_carrier}, by the PSAP {c.ended_by_psap}"
+            + (f"; {c.skipped} not placed (at {MAX_CALLS} calls at once)" if c.skipped else ""),
+            highlight=False,
+        )
+        if c.statuses:
+            console.print(f"  final answers: {dict(sorted(c.statuses.items()))}", highlight=False)
+    if node.core is not None:
+        core = node.core.stats
+        how = Counter()
+        for record in list(node.core.records.values()):
+            for line in record.events:
+                for key, label in (("location by value", "by value"), ("location by reference", "by reference"),
+                                   ("default location added", "default")):  # fmt: skip
+                    if key in line:
+                        how[label] += 1
+        console.print(
+            f"BCF + ESRP: {core.get('calls_in', 0)} calls in, {core.get('answered', 0)} answered, "
+            f"{core.get('failed', 0)} failed, failovers {core.get('failovers', 0)}; located "
+            + (", ".join(f"{k} {v}" for k, v in sorted(how.items())) or "-"),
+            highlight=False,
+        )
+    rows = [r for r in psap_call_counts(node) if r["offered"] or r["routed"]]
+    if rows:
+        table = Table("PSAP", "offered", "answered", "ended", "by PSAP", "business line", "failed over", title="SIP calls per PSAP")
+        for r in rows:
+            table.add_row(
+                r["name"], str(r["offered"]), str(r["answered"]), str(r["ended"]), str(r["ended_by_psap"]),
+                str(r["business_line"]), str(r["failed_over"]),
+            )  # fmt: skip
+        console.print(table)
 
 
 # --- the demo -----------------------------------------------------------------------------
 
 
-def demo_deployment(state: DemoState, paths: dict[str, Path], listen: str) -> Deployment:
-    """The deployment file for a generated state whose GeoJSON files are at ``paths``."""
+def demo_deployment(
+    state: DemoState,
+    paths: dict[str, Path],
+    listen: str,
+    sip_listen: str = "127.0.0.1:5070",
+    agents_listen: str = "127.0.0.1:0",
+) -> Deployment:
+    """The deployment file for a generated state whose GeoJSON files are at ``paths``:
+    ECRF, LIS and page on ``listen``; the BCF + ESRP on ``sip_listen``; every PSAP
+    simulated by the PSAP agents on ``agents_listen``."""
     data: dict[str, Any] = {
         "authority": {"name": f"{state.name} 911", "domain": "demo.firebox.test", "state": state.abbreviation},
         "gis": {
@@ -383,6 +739,7 @@ def demo_deployment(state: DemoState, paths: dict[str, Path], listen: str) -> De
                 "business_line": p.business_line,
                 "alternates": list(p.alternates),
                 "towns": [t for t in p.towns],
+                "simulated": True,
             }
             for p in state.psaps
         ],
@@ -390,13 +747,22 @@ def demo_deployment(state: DemoState, paths: dict[str, Path], listen: str) -> De
             "ecrf": {"listen": listen},
             "lis": {"listen": listen},
             "web": {"listen": listen},
+            "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"}},
+            "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test"},
+            "psap_agents": {"listen": agents_listen, "ring_seconds": 0.3, "hold_seconds": 4.0},
         },
     }
     return parse_deployment(dump_deployment(Deployment.model_validate(data)))
 
 
 def write_demo(
-    target: Path, *, seed: int, n_towns: int, listen: str, console: Console
+    target: Path,
+    *,
+    seed: int,
+    n_towns: int,
+    listen: str,
+    console: Console,
+    sip_listen: str = "127.0.0.1:5070",
 ) -> tuple[Path, DemoState]:
     """Generate the state, write its GeoJSON and ``deployment.yaml`` under ``target``;
     return the file's path and the state."""
@@ -409,7 +775,7 @@ def write_demo(
         target.mkdir(parents=True, exist_ok=True)
         paths = state.write_geojson(target)
         progress.advance(task)
-    dep = demo_deployment(state, paths, listen)
+    dep = demo_deployment(state, paths, listen, sip_listen)
     out = target / "deployment.yaml"
     out.write_text(
         f"# Generated by `firebox demo` (seed {seed}, {n_towns} towns); edit freely.\n"

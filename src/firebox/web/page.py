@@ -1,4 +1,5 @@
-"""Routes of the demo's local page (see ``static/``): state, towns as GeoJSON, live stats.
+"""Routes of the demo's local page (see ``static/``): state, towns as GeoJSON, live stats
+(LoST lookups per PSAP; SIP calls per PSAP queue from the PSAP agents and the ESRP).
 
 The towns are the finest boundary layer the node has (police, else the PSAP layer); each is
 coloured by the PSAP the ``urn:service:sos`` layer gives its representative point, so the
@@ -82,12 +83,17 @@ def page_routes(node: Node) -> list[Any]:
         return JSONResponse(cache["towns"])
 
     async def stats(_: Request) -> Response:
+        from firebox.node import call_totals, psap_call_counts
+
         s = node.stats
+        calls = {r["id"]: r for r in psap_call_counts(node)}
         return JSONResponse(
             {
                 "towns": len(node.index.layer("urn:service:sos.police") or []),
                 "queries": s.answered,
                 "errors": s.errors,
+                "sip": node.core is not None or node.agents is not None,
+                "calls": call_totals(node),
                 "psaps": [
                     {
                         "id": p.id,
@@ -95,6 +101,7 @@ def page_routes(node: Node) -> list[Any]:
                         "towns": len(p.towns),
                         "business_line": p.business_line,
                         "queries": s.per_uri.get(p.uri, 0),
+                        "calls": {k: v for k, v in calls[p.id].items() if k not in ("id", "name", "uri")},
                     }
                     for p in dep.psaps
                 ],

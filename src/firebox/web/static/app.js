@@ -1,5 +1,6 @@
 // The demo page: draws the towns from GeoJSON into an SVG (equirectangular, scaled by
-// cos(latitude)), asks the ECRF over LoST when the map is clicked, and polls live counts.
+// cos(latitude)), asks the ECRF over LoST when the map is clicked, and polls live counts
+// (LoST lookups, and SIP 911 calls offered / answered per PSAP queue).
 "use strict";
 const LOST_NS = "urn:ietf:params:xml:ns:lost1";
 const svg = document.getElementById("map");
@@ -54,11 +55,33 @@ async function load() {
 async function refresh() {
   const s = await fetch("api/stats").then((r) => r.json());
   document.getElementById("summary").textContent =
-    `${s.towns} towns · ${s.psaps.length} PSAPs · ${s.queries} LoST queries answered · ${s.errors} errors`;
+    `${s.towns} towns · ${s.psaps.length} PSAPs · ${s.queries} LoST queries answered · ${s.errors} errors` +
+    (s.sip ? ` · ${s.calls.answered} 911 calls answered` : "");
   const body = document.querySelector("#psaps tbody");
   body.replaceChildren(...s.psaps.map((p) => {
     const tr = document.createElement("tr");
     for (const [v, cls] of [[p.name, ""], [p.towns, "n"], [p.business_line, ""], [p.queries, "n"]]) {
+      const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.appendChild(td);
+    }
+    return tr;
+  }));
+  if (s.sip) showCalls(s);
+}
+
+function showCalls(s) {
+  document.getElementById("callsbox").hidden = false;
+  const c = s.calls;
+  document.getElementById("callsummary").textContent =
+    `${c.sent} calls sent by the carrier · ${c.answered} answered · ${c.unanswered} failed without an answer · ` +
+    `${c.in_flight} in progress · ${c.failovers} failovers`;
+  const rows = s.psaps.filter((p) => p.calls.offered || p.calls.routed)
+    .sort((a, b) => b.calls.offered - a.calls.offered);
+  document.querySelector("#calls tbody").replaceChildren(...rows.map((p) => {
+    const tr = document.createElement("tr");
+    tr.dataset.psap = p.id;
+    const cells = [[p.name, ""], [p.calls.offered, "n offered"], [p.calls.answered, "n answered"],
+      [p.calls.ended, "n ended"], [p.calls.failed_over, "n failed"]];
+    for (const [v, cls] of cells) {
       const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.appendChild(td);
     }
     return tr;

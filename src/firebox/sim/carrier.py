@@ -1,0 +1,387 @@
+"""A carrier's originating network as the BCF sees it: NG911 calls over SIP.
+
+``Carrier`` is a small asyncio UAC on ``firebox.sip.transport``. ``call(plan)`` sends one
+emergency INVITE to the ingress (the BCF): Request-URI ``urn:service:sos`` (RFC 5031),
+``P-Asserted-Identity`` with the caller's number, an SDP offer (RFC 3264), and the
+location (RFC 6442) as the plan says:
+
+* ``value``: a ``multipart/mixed`` body (RFC 5621) with the SDP and a PIDF-LO
+  (RFC 4119, RFC 5491 point), ``Geolocation: <cid:...>``;
+* ``reference``: ``Geolocation: <http://...>``, a location URI the access network's LIS
+  handed out (RFC 6753); the ESRP dereferences it;
+* ``none``: no location at all; ``garbled``: a ``cid:`` pointing at a PIDF-LO that does
+  not parse. Both must still reach a PSAP (the ESRP's default location).
+
+The INVITE is retransmitted on Timer A until a provisional answer (RFC 3261 17.1.1.2); a
+2xx is ACKed within the dialog (13.2.2.4: route set the 2xx's Record-Route reversed,
+12.1.2; Request-URI its Contact) and the ACK re-sent for each 2xx retransmission; a final
+failure is ACKed hop by hop (17.1.1.3). After the plan's hold time the carrier hangs up
+with a BYE, unless the PSAP hung up first (its BYE is answered 200). A call that gets no
+final answer within ``answer_timeout`` is CANCELled (9.1) and counted ``no_answer``.
+
+Every wait is bounded. ``stats`` counts sent, answered, failed (by status), no answer,
+who hung up, and the setup time (INVITE to 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from firebox.location.pidf import PidfLocation, Presence, serialize_pidf
+from firebox.location.shapes import Point
+from firebox.psap.sdp import offer_sdp
+from firebox.psap.ua import Dialog
+from firebox.sip.address import parse_name_addr
+from firebox.sip.errors import SipParseError
+from firebox.sip.headers import Headers
+from firebox.sip.message import Message, Request, Response, make_response
+from firebox.sip.multipart import build_multipart, make_part
+from firebox.sip.transaction import MAGIC_COOKIE, build_ack
+
+__all__ = ["Carrier", "CarrierStats", "CallPlan", "CallResult", "LocationMode", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+T1 = 0.5
+T2 = 4.0
+Address = tuple[str, int, str]
+GARBLED_PIDF = b"<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='pres:x@y'><tuple id='a'><status><broken"
+
+
+class LocationMode(StrEnum):
+    VALUE = "value"
+    REFERENCE = "reference"
+    NONE = "none"
+    GARBLED = "garbled"
+
+
+class Outcome(StrEnum):
+    ANSWERED = "answered"
+    FAILED = "failed"  # a final non-2xx answer
+    NO_ANSWER = "no answer"  # no final answer in time
+    ERROR = "error"  # could not even be sent
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """One call: who (``identity``, a tel: URI), where (lon, lat), how the location goes
+    (``location``; ``location_uri`` for ``reference``) and how long the caller stays."""
+
+    identity: str
+    lon: float
+    lat: float
+    location: LocationMode = LocationMode.VALUE
+    hold: float = 2.0
+    location_uri: str | None = None
+
+
+@dataclass(slots=True)
+class CallResult:
+    outcome: Outcome
+    status: int | None = None
+    setup_ms: float | None = None
+    ended_by: str | None = None  # "carrier" or "psap"
+
+
+@dataclass(slots=True)
+class CarrierStats:
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    no_answer: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    ended_by_carrier: int = 0
+    ended_by_psap: int = 0
+    skipped: int = 0  # not placed: the concurrency bound was reached
+    by_location: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    setup_ms: list[float] = field(default_factory=list)
+
+    @property
+    def unanswered(self) -> int:
+        """Calls that ended without ever being answered."""
+        return self.failed + self.no_answer + self.errors
+
+    def percentile(self, q: float) -> float:
+        if not self.setup_ms:
+            return 0.0
+        data = sorted(self.setup_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+@dataclass(slots=True)
+class _Uac:
+    responses: asyncio.Queue[Response] = field(default_factory=asyncio.Queue)
+    remote_bye: asyncio.Event = field(default_factory=asyncio.Event)
+    hang_up: asyncio.Event = field(default_factory=asyncio.Event)
+    dialog: Dialog | None = None
+    ack: tuple[Request, Address] | None = None
+
+
+class Carrier:
+    """A UAC placing calls to ``ingress`` (``(host, port, transport)`` of the BCF)."""
+
+    def __init__(
+        self,
+        ingress: Address,
+        *,
+        host: str = "127.0.0.1",
+        domain: str = "carrier.demo.firebox.test",
+        answer_timeout: float = 10.0,
+        bye_timeout: float = 8.0,
+    ) -> None:
+        self.ingress = ingress
+        self.host = host
+        self.domain = domain
+        self.answer_timeout = answer_timeout
+        self.bye_timeout = bye_timeout
+        self.transport = ingress[2]
+        self.port = 0
+        self.server: Any = None
+        self.stats = CarrierStats()
+        self._calls: dict[str, _Uac] = {}
+        self._sessions = 0
+        self._stopping = False
+
+    async def start(self) -> None:
+        from firebox.sip.transport import start_sip_server
+
+        self.server = await start_sip_server(self._handle, self.host, 0, transports=(self.transport,))
+        self.port = next(iter(self.server.addresses.values()))[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    def hang_up_all(self) -> None:
+        """Every call hangs up as soon as it is up (the run is ending)."""
+        self._stopping = True
+        for uac in self._calls.values():
+            uac.hang_up.set()
+
+    # -- the INVITE ---------------------------------------------------------------------
+
+    def build_invite(self, plan: CallPlan, call_id: str, tag: str) -> Request:
+        number = plan.identity.removeprefix("tel:")
+        self._sessions += 1
+        sdp = offer_sdp(host=self.host, port=30000 + 2 * (self._sessions % 10000), session_id=self._sessions)
+        headers = Headers()
+        headers.add("Via", self._via())
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<sip:{number}@{self.domain}>;tag={tag}")
+        headers.add("To", "<urn:service:sos>")
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<sip:{number}@{self.host}:{self.port}>")
+        headers.add("P-Asserted-Identity", f"<{plan.identity}>")
+        headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")
+        headers.add("Supported", "geolocation")
+        cid = f"loc-{call_id.split('@')[0]}@{self.domain}"
+        parts = [make_part("application/sdp", sdp)]
+        if plan.location is LocationMode.VALUE:
+            pidf = serialize_pidf(
+                Presence(f"pres:{number}@{self.domain}", [PidfLocation(shapes=[Point(plan.lat, plan.lon)], method="GPS")])
+            )
+            parts.append(make_part("application/pidf+xml", pidf, content_id=cid))
+            headers.add("Geolocation", f"<cid:{cid}>")
+        elif plan.location is LocationMode.GARBLED:
+            parts.append(make_part("application/pidf+xml", GARBLED_PIDF, content_id=cid))
+            headers.add("Geolocation", f"<cid:{cid}>")
+        elif plan.location is LocationMode.REFERENCE and plan.location_uri:
+            headers.add("Geolocation", f"<{plan.location_uri}>")
+        if len(parts) > 1:
+            headers.add("Geolocation-Routing", "yes")
+            ctype, body = build_multipart(parts)
+        else:
+            ctype, body = "application/sdp", sdp
+        headers.add("Content-Type", ctype)
+        headers.add("Content-Length", str(len(body)))
+        return Request("INVITE", "urn:service:sos", headers, body)
+
+    def _via(self) -> str:
+        branch = f"{MAGIC_COOKIE}-car-{secrets.token_hex(8)}"
+        return f"SIP/2.0/{self.transport.upper()} {self.host}:{self.port};branch={branch};rport"
+
+    # -- one call -----------------------------------------------------------------------
+
+    async def call(self, plan: CallPlan) -> CallResult:
+        """Place one call and see it through (bounded). Never raises for a network fault."""
+        stats = self.stats
+        stats.sent += 1
+        stats.in_flight += 1
+        stats.by_location[plan.location.value] += 1
+        call_id = f"{secrets.token_hex(10)}@{self.domain}"
+        uac = self._calls[call_id] = _Uac()
+        if self._stopping:
+            uac.hang_up.set()
+        try:
+            result = await self._call(plan, call_id, uac)
+        except (OSError, SipParseError, ValueError, RuntimeError) as exc:
+            log.info("carrier call %s failed: %s", call_id, exc)
+            result = CallResult(Outcome.ERROR)
+        finally:
+            stats.in_flight -= 1
+            self._calls.pop(call_id, None)
+        if result.outcome is Outcome.ANSWERED:
+            stats.answered += 1
+            if result.setup_ms is not None:
+                stats.setup_ms.append(result.setup_ms)
+            if result.ended_by == "psap":
+                stats.ended_by_psap += 1
+            else:
+                stats.ended_by_carrier += 1
+        elif result.outcome is Outcome.FAILED:
+            stats.failed += 1
+        elif result.outcome is Outcome.NO_ANSWER:
+            stats.no_answer += 1
+        else:
+            stats.errors += 1
+        if result.status is not None:
+            stats.statuses[result.status] += 1
+        return result
+
+    async def _call(self, plan: CallPlan, call_id: str, uac: _Uac) -> CallResult:
+        tag = secrets.token_hex(6)
+        invite = self.build_invite(plan, call_id, tag)
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        self.server.send(invite, self.ingress)
+        deadline = loop.time() + self.answer_timeout
+        interval, provisional = T1, False
+        final: Response | None = None
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                response = await asyncio.wait_for(
+                    uac.responses.get(), remaining if provisional else min(interval, remaining)
+                )
+            except TimeoutError:
+                if not provisional and self.transport == "udp":  # Timer A (17.1.1.2)
+                    self.server.send(invite, self.ingress)
+                    interval *= 2
+                continue
+            if response.cseq[1] != "INVITE":
+                continue
+            if response.status < 200:
+                provisional = True
+                continue
+            final = response
+            break
+        if final is None:
+            if provisional:
+                await self._cancel(invite, uac)
+            return CallResult(Outcome.NO_ANSWER)
+        if final.status >= 300:
+            self.server.send(build_ack(invite, final), self.ingress)
+            return CallResult(Outcome.FAILED, final.status)
+        setup_ms = (time.perf_counter() - t0) * 1000
+        dialog = self._dialog(invite, final, tag)
+        uac.dialog = dialog
+        dialog.local_seq = 0  # the ACK of a 2xx carries the INVITE's CSeq number (13.2.2.4)
+        ack, ack_to = dialog.request("ACK", self._via())
+        uac.ack = (ack, ack_to)
+        self.server.send(ack, ack_to)
+        # The call is up: wait for the hold time, the PSAP's BYE, or the end of the run.
+        waits = [asyncio.ensure_future(uac.remote_bye.wait()), asyncio.ensure_future(uac.hang_up.wait())]
+        try:
+            await asyncio.wait(waits, timeout=plan.hold, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if uac.remote_bye.is_set():
+            return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap")
+        await self._bye(dialog, uac)
+        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier")
+
+    def _dialog(self, invite: Request, ok: Response, tag: str) -> Dialog:
+        """The UAC's dialog of a 2xx (RFC 3261 12.1.2): route set the 2xx's Record-Route in
+        reverse order, remote target its Contact, remote party its To (with tag)."""
+        contact = ok.headers.get("Contact")
+        target = str(parse_name_addr(contact).uri) if contact else invite.uri
+        return Dialog(
+            call_id=invite.call_id,
+            local_tag=tag,
+            remote_tag=ok.to_tag,
+            local_party=(invite.headers.get("From") or "").rsplit(";tag=", 1)[0],
+            remote_party=ok.headers.get("To") or "",
+            remote_target=target,
+            route_set=tuple(reversed(ok.headers.get_all("Record-Route"))),
+            remote_seq=0,
+        )
+
+    async def _bye(self, dialog: Dialog, uac: _Uac) -> None:
+        """BYE (RFC 3261 15.1.1), retransmitted on Timer E until any final answer (bounded)."""
+        bye, to = dialog.request("BYE", self._via())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.bye_timeout
+        interval = T1
+        self.server.send(bye, to)
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                response = await asyncio.wait_for(uac.responses.get(), min(interval, remaining))
+            except TimeoutError:
+                if self.transport == "udp":
+                    self.server.send(bye, to)
+                    interval = min(2 * interval, T2)
+                continue
+            if response.cseq[1] == "BYE" and response.status >= 200:
+                return
+        log.info("carrier: no answer to BYE of %s", dialog.call_id)
+
+    async def _cancel(self, invite: Request, uac: _Uac) -> None:
+        """CANCEL a ringing INVITE (RFC 3261 9.1) and wait, bounded, for its 487."""
+        headers = Headers()
+        headers.add("Via", invite.headers.get("Via") or "")
+        headers.add("Max-Forwards", "70")
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        headers.add("Content-Length", "0")
+        self.server.send(Request("CANCEL", invite.uri, headers), self.ingress)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                response = await asyncio.wait_for(uac.responses.get(), remaining)
+            except TimeoutError:
+                break
+            if response.cseq[1] == "INVITE" and response.status >= 300:
+                self.server.send(build_ack(invite, response), self.ingress)
+                return
+
+    # -- the transport's handler ---------------------------------------------------------
+
+    def _handle(self, message: Message, source: Any) -> None:
+        try:
+            if isinstance(message, Response):
+                uac = self._calls.get(message.call_id)
+                if uac is None:
+                    return
+                if message.cseq[1] == "INVITE" and 200 <= message.status < 300 and uac.ack is not None:
+                    self.server.send(*uac.ack)  # a 2xx retransmission: the ACK again (13.2.2.4)
+                    return
+                uac.responses.put_nowait(message)
+                return
+            uac = self._calls.get(message.call_id)
+            if message.method == "ACK":
+                return
+            if message.method == "BYE":
+                if uac is None or uac.dialog is None or message.to_tag != uac.dialog.local_tag:
+                    self.server.reply(make_response(message, 481), source)
+                    return
+                self.server.reply(make_response(message, 200), source)
+                uac.remote_bye.set()
+                return
+            if message.method == "OPTIONS":
+                self.server.reply(make_response(message, 200), source)
+                return
+            self.server.reply(make_response(message, 405, headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")]), source)
+        except SipParseError:
+            log.info("carrier: unreadable message from %s", source)
