@@ -230,6 +230,12 @@ class LoggingService:
             )  # fmt: skip
         return JSONResponse({"logEventId": result.log_event_id}, status_code=201)
 
+    async def log_events(self, request: Request) -> Response:
+        """``/LogEvents``: one route for both methods, so that a 405 lists both in Allow."""
+        if request.method == "POST":
+            return await self.post_log_event(request)
+        return await self.get_log_events(request)
+
     # --- retrieval ----------------------------------------------------------------------------
 
     async def get_log_events(self, request: Request) -> Response:
@@ -301,8 +307,7 @@ class LoggingService:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/LogEvents", self.post_log_event, methods=["POST"]),
-                Route("/LogEvents", self.get_log_events, methods=["GET"]),
+                Route("/LogEvents", self.log_events, methods=["GET", "POST"]),
                 Route("/LogEvents/{logEventId:path}", self.get_log_event, methods=["GET"]),
                 Route("/LogEventIds", self.get_log_event_ids, methods=["GET"]),
                 Route("/CallIds", self.get_call_ids, methods=["GET"]),
