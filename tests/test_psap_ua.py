@@ -1,0 +1,370 @@
+"""The PSAP user agent (firebox.psap.ua): its sans-I/O core message by message (SDP answer,
+BYE built from the dialog, CANCEL, busy/silent, retransmissions), then the asyncio adapter
+against SIPp as the UAC over UDP and TCP. Every wait is bounded; nothing asserts on timing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from firebox.psap.sdp import answer_sdp, parse_sdp
+from firebox.psap.ua import (
+    T1,
+    AgentMode,
+    CallState,
+    CancelTimer,
+    PsapAgentCore,
+    PsapAgents,
+    Queue,
+    Reply,
+    SendRequest,
+    StartTimer,
+    TimerName,
+)
+from firebox.sip import Request, Response, build_multipart, make_part, parse_message, serialize
+
+SIPP_DIR = Path(__file__).parent / "sipp"
+QUEUES = [
+    Queue("psap-01", "sip:psap-01@psap.demo.firebox.test", "North", "6035550101"),
+    Queue("psap-02", "sip:psap-02@psap.demo.firebox.test", "South", "6035550102", AgentMode.BUSY),
+    Queue("psap-03", "sip:psap-03@psap.demo.firebox.test", "East", None, AgentMode.SILENT),
+]
+OFFER = (
+    b"v=0\r\no=caller 7 7 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 101 8 0\r\na=rtpmap:101 telephone-event/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    b"a=sendonly\r\n"
+    b"m=video 40002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    b"m=text 40004 RTP/AVP 98\r\na=rtpmap:98 t140/1000\r\n"
+)
+
+
+def invite(
+    *,
+    route: str | None = "<sip:psap-01@psap.demo.firebox.test;lr>",
+    uri: str = "urn:service:sos",
+    body: bytes = OFFER,
+    ctype: str = "application/sdp",
+    record_route: tuple[str, ...] = ("<sip:198.51.100.7:5070;lr>", "<sip:198.51.100.1:5060;lr>"),
+    call_id: str = "call-1",
+    branch: str = "z9hG4bK-esrp-1",
+) -> Request:
+    lines = [
+        f"INVITE {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP 198.51.100.7:5070;branch={branch}",
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-caller-1",
+        *([f"Route: {route}"] if route else []),
+        *(f"Record-Route: {rr}" for rr in record_route),
+        "From: <sip:+16035550100@carrier.example>;tag=caller-tag",
+        "To: <urn:service:sos>",
+        f"Call-ID: {call_id}",
+        "CSeq: 1 INVITE",
+        "Max-Forwards: 69",
+        "Contact: <sip:+16035550100@192.0.2.10:5060>",
+        f"Content-Type: {ctype}",
+    ]
+    return parse_message(("\r\n".join(lines) + "\r\n\r\n").encode() + body)  # type: ignore[return-value]
+
+
+def in_dialog(method: str, response: Response, *, cseq: int, branch: str) -> Request:
+    """A request from the caller's side within the dialog a response of ours set up."""
+    lines = [
+        f"{method} sip:psap-01@127.0.0.1:5099 SIP/2.0",
+        f"Via: SIP/2.0/UDP 198.51.100.7:5070;branch={branch}",
+        "From: <sip:+16035550100@carrier.example>;tag=caller-tag",
+        f"To: {response.headers.get('To')}",
+        f"Call-ID: {response.call_id}",
+        f"CSeq: {cseq} {method}",
+        "Max-Forwards: 69",
+    ]
+    return parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())  # type: ignore[return-value]
+
+
+def core(**kw) -> PsapAgentCore:
+    return PsapAgentCore(QUEUES, host="127.0.0.1", port=5099, token=iter(f"t{i}" for i in range(1000)).__next__, **kw)
+
+
+def replies(actions) -> list[Response]:
+    return [a.response for a in actions if isinstance(a, Reply)]
+
+
+# -- SDP (RFC 3264 section 6) -------------------------------------------------------------
+
+
+def test_sdp_answer_keeps_the_media_lines_and_takes_one_format_of_each():
+    answer = answer_sdp(parse_sdp(OFFER), host="127.0.0.1", first_port=20000, session_id=42)
+    assert answer is not None
+    text = answer.decode()
+    assert text.endswith("\r\n")
+    lines = text.split("\r\n")
+    assert lines[0] == "v=0"
+    assert lines[1] == "o=firebox-psap 42 1 IN IP4 127.0.0.1"  # our own origin
+    assert "c=IN IP4 127.0.0.1" in lines  # our own connection address
+    assert "t=0 0" in lines  # the offer's timing
+    parsed = parse_sdp(answer)
+    assert [m.media for m in parsed.media] == ["audio", "video", "text"]  # same lines, same order
+    audio, video, text_m = parsed.media
+    # One codec of the offer, the first of its order the UA takes (telephone-event is no codec).
+    assert audio.port == 20000 and audio.formats == ["8"] and audio.rtpmap == {"8": "PCMA/8000"}
+    assert audio.direction.value == "recvonly"  # the offer was sendonly
+    assert video.port == 0 and video.formats == ["96"]  # declined, with the offer's formats
+    assert text_m.port == 20004 and text_m.formats == ["98"] and text_m.rtpmap["98"] == "t140/1000"
+
+
+def test_sdp_answer_to_nothing_acceptable_is_none_and_the_invite_gets_488():
+    offer = b"v=0\r\no=c 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=video 4000 RTP/AVP 96\r\n"
+    assert answer_sdp(parse_sdp(offer), host="127.0.0.1", first_port=20000, session_id=1) is None
+    c = core()
+    (resp,) = replies(c.receive(invite(body=offer), "src", 0.0))
+    assert resp.status == 488
+    assert c.counts["psap-01"].offered == 1 and c.counts["psap-01"].answered == 0
+
+
+# -- INVITE, ACK, BYE built from the dialog -----------------------------------------------
+
+
+def test_invite_is_answered_180_then_200_with_an_sdp_answer_from_a_multipart_body():
+    ctype, body = build_multipart(
+        [make_part("application/sdp", OFFER), make_part("application/pidf+xml", b"<presence/>", content_id="loc@x")]
+    )
+    c = core()
+    actions = c.receive(invite(body=body, ctype=ctype), "src", 0.0)
+    ringing, ok = replies(actions)
+    assert ringing.status == 180 and ok.status == 200
+    assert ringing.to_tag == ok.to_tag == "t0"
+    assert ok.headers.get_all("Record-Route") == ["<sip:198.51.100.7:5070;lr>", "<sip:198.51.100.1:5060;lr>"]
+    assert ok.headers.get("Contact") == "<sip:psap-01@127.0.0.1:5099>"
+    assert ok.content_type == "application/sdp"
+    assert parse_sdp(ok.body).media[0].formats == ["8"]
+    assert len(ok.headers.get_all("Via")) == 2
+    assert StartTimer("call-1/t0", TimerName.RETRANSMIT_2XX, T1) in actions
+    assert c.counts["psap-01"].offered == 1 and c.counts["psap-01"].answered == 1
+
+
+def test_the_psap_hangs_up_with_a_bye_built_from_the_dialog():
+    c = core(hold_seconds=3.0)
+    ok = replies(c.receive(invite(), "src", 0.0))[-1]
+    actions = c.receive(in_dialog("ACK", ok, cseq=1, branch="z9hG4bK-ack"), "src", 0.1)
+    assert CancelTimer("call-1/t0", TimerName.RETRANSMIT_2XX) in actions
+    assert StartTimer("call-1/t0", TimerName.HANGUP, 3.0) in actions
+    assert c.calls["call-1/t0"].state is CallState.CONFIRMED
+    sends = [a for a in c.timer("call-1/t0", TimerName.HANGUP, 3.1) if isinstance(a, SendRequest)]
+    (send,) = sends
+    bye = send.request
+    # RFC 3261 12.2.1.1: Request-URI the remote target (the INVITE's Contact); the route
+    # set is the INVITE's Record-Route in order (12.1.1, UAS side); the first is loose, so
+    # the BYE goes to it.
+    assert bye.method == "BYE" and bye.uri == "sip:+16035550100@192.0.2.10:5060"
+    assert bye.headers.get_all("Route") == ["<sip:198.51.100.7:5070;lr>", "<sip:198.51.100.1:5060;lr>"]
+    assert send.destination == ("198.51.100.7", 5070, "udp")
+    assert bye.cseq == (1, "BYE")
+    assert bye.from_tag == "t0" and bye.to_tag == "caller-tag"
+    assert bye.headers.get("From") == "<urn:service:sos>;tag=t0"
+    assert bye.headers.get("To") == "<sip:+16035550100@carrier.example>;tag=caller-tag"
+    assert bye.call_id == "call-1" and bye.branch.startswith("z9hG4bK")
+    assert serialize(bye)  # it is a complete message
+    # Its 200 ends the call, counted as ended by the PSAP.
+    answer = Response(200, "OK", bye.headers.copy())
+    c.receive(answer, "src", 3.2)
+    counts = c.counts["psap-01"]
+    assert c.calls["call-1/t0"].state is CallState.ENDED
+    assert counts.ended == 1 and counts.ended_by_psap == 1
+
+
+def test_a_strict_first_route_becomes_the_request_uri():
+    c = core(hold_seconds=1.0)
+    ok = replies(c.receive(invite(record_route=("<sip:198.51.100.7:5070>",)), "src", 0.0))[-1]
+    c.receive(in_dialog("ACK", ok, cseq=1, branch="z9hG4bK-ack"), "src", 0.1)
+    (send,) = [a for a in c.timer("call-1/t0", TimerName.HANGUP, 1.2) if isinstance(a, SendRequest)]
+    assert send.request.uri == "sip:198.51.100.7:5070"
+    assert send.request.headers.get_all("Route") == ["<sip:+16035550100@192.0.2.10:5060>"]
+    assert send.destination == ("198.51.100.7", 5070, "udp")
+
+
+def test_no_ack_retransmits_the_200_then_hangs_up():
+    c = core()
+    ok = replies(c.receive(invite(), "src", 0.0))[-1]
+    again = c.timer("call-1/t0", TimerName.RETRANSMIT_2XX, T1)
+    assert replies(again) == [ok]
+    assert StartTimer("call-1/t0", TimerName.RETRANSMIT_2XX, 2 * T1) in again
+    actions = c.timer("call-1/t0", TimerName.NO_ACK, 64 * T1)
+    assert any(isinstance(a, SendRequest) and a.request.method == "BYE" for a in actions)
+    assert c.stats["no_ack"] == 1
+
+
+def test_the_callers_bye_ends_the_call_and_a_stray_bye_gets_481():
+    c = core()
+    ok = replies(c.receive(invite(), "src", 0.0))[-1]
+    c.receive(in_dialog("ACK", ok, cseq=1, branch="z9hG4bK-ack"), "src", 0.1)
+    (resp,) = replies(c.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bK-bye"), "src", 1.0))
+    assert resp.status == 200
+    assert c.counts["psap-01"].ended == 1 and c.counts["psap-01"].ended_by_psap == 0
+    # The same BYE again (a retransmission) is answered 200 again, not counted twice.
+    assert replies(c.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bK-bye"), "src", 1.1))[0].status == 200
+    assert c.counts["psap-01"].ended == 1
+    stray = Response(200, "OK", ok.headers.copy())
+    stray.headers.set("To", "<urn:service:sos>;tag=nobody")
+    assert replies(c.receive(in_dialog("BYE", stray, cseq=2, branch="z9hG4bK-x"), "src", 1.2))[0].status == 481
+
+
+# -- CANCEL, busy, silent, retransmissions, other methods ---------------------------------
+
+
+def cancel_of(inv: Request) -> Request:
+    lines = [
+        f"CANCEL {inv.uri} SIP/2.0",
+        f"Via: {inv.headers.get('Via')}",
+        f"From: {inv.headers.get('From')}",
+        f"To: {inv.headers.get('To')}",
+        f"Call-ID: {inv.call_id}",
+        "CSeq: 1 CANCEL",
+        "Max-Forwards: 70",
+    ]
+    return parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())  # type: ignore[return-value]
+
+
+def test_cancel_while_ringing_gets_200_and_the_invite_487():
+    c = core(ring_seconds=5.0)
+    inv = invite()
+    actions = c.receive(inv, "src", 0.0)
+    assert [r.status for r in replies(actions)] == [180]
+    assert StartTimer("call-1/t0", TimerName.ANSWER, 5.0) in actions
+    actions = c.receive(cancel_of(inv), "src", 1.0)
+    ok, terminated = replies(actions)
+    assert ok.status == 200 and ok.cseq == (1, "CANCEL")
+    assert terminated.status == 487 and terminated.cseq == (1, "INVITE") and terminated.to_tag == "t0"
+    assert CancelTimer("call-1/t0", TimerName.ANSWER) in actions
+    assert c.counts["psap-01"].cancelled == 1
+    # The ring timer firing late does nothing; the ACK of the 487 is absorbed.
+    assert c.timer("call-1/t0", TimerName.ANSWER, 5.0) == []
+    assert c.receive(in_dialog("ACK", terminated, cseq=1, branch="z9hG4bK-esrp-1"), "src", 1.1) == []
+    assert c.counts["psap-01"].answered == 0
+    # A CANCEL matching nothing: 481.
+    other = cancel_of(invite(call_id="other"))
+    assert replies(c.receive(other, "src", 2.0))[0].status == 481
+
+
+def test_cancel_after_the_answer_changes_nothing():
+    c = core()
+    inv = invite()
+    c.receive(inv, "src", 0.0)
+    (ok,) = replies(c.receive(cancel_of(inv), "src", 0.5))
+    assert ok.status == 200 and c.calls["call-1/t0"].state is CallState.ANSWERED
+
+
+def test_busy_and_silent_queues_and_a_retransmitted_invite():
+    c = core()
+    busy = invite(route="<sip:psap-02@psap.demo.firebox.test;lr>", call_id="b")
+    (resp,) = replies(c.receive(busy, "src", 0.0))
+    assert resp.status == 503 and resp.headers.get("Retry-After") == "30"
+    assert replies(c.receive(busy, "src", 0.5)) == [resp]  # retransmission: the same answer
+    assert c.counts["psap-02"].offered == 1 and c.counts["psap-02"].rejected == 1
+    silent = invite(route="<sip:psap-03@psap.demo.firebox.test;lr>", call_id="s")
+    assert replies(c.receive(silent, "src", 0.0)) == []
+    assert replies(c.receive(cancel_of(silent), "src", 0.5)) == []
+    assert c.counts["psap-03"].offered == 1 and c.counts["psap-03"].unanswered == 1
+
+
+def test_business_line_and_unknown_queue():
+    c = core()
+    line = invite(route=None, uri="sip:+16035550101@pstn-gw.demo.firebox.test;user=phone", call_id="bl")
+    assert [r.status for r in replies(c.receive(line, "src", 0.0))] == [180, 200]
+    assert c.counts["psap-01"].business_line == 1
+    nowhere = invite(route="<sip:psap-99@psap.demo.firebox.test;lr>", call_id="x")
+    assert [r.status for r in replies(c.receive(nowhere, "src", 0.0))] == [404]
+
+
+def test_message_options_and_unknown_methods():
+    c = core()
+    base = invite()
+    msg = Request("MESSAGE", base.uri, base.headers.copy(), b"help")
+    msg.headers.set("CSeq", "1 MESSAGE")
+    msg.headers.set("Content-Type", "text/plain")
+    assert replies(c.receive(msg, "src", 0.0))[0].status == 200
+    assert c.counts["psap-01"].messages == 1
+    opt = Request("OPTIONS", "sip:psap-01@127.0.0.1:5099", base.headers.copy())
+    opt.headers.set("CSeq", "1 OPTIONS")
+    (resp,) = replies(c.receive(opt, "src", 0.0))
+    assert resp.status == 200 and "INVITE" in (resp.headers.get("Allow") or "")
+    sub = Request("SUBSCRIBE", "sip:psap-01@127.0.0.1:5099", base.headers.copy())
+    sub.headers.set("CSeq", "1 SUBSCRIBE")
+    assert replies(c.receive(sub, "src", 0.0))[0].status == 405
+
+
+# -- the asyncio adapter against SIPp -------------------------------------------------------
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port found")
+
+
+async def run_sipp(scenario: str, agents: PsapAgents, tmp_path: Path, transport: str, service: str) -> tuple[int, str]:
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        pytest.fail("sipp is not installed (apt-get install sip-tester); these tests need it")
+    command = [
+        sipp, "-sf", str(SIPP_DIR / scenario), "-s", service,
+        "-t", "u1" if transport == "udp" else "t1",
+        "-i", "127.0.0.1", "-p", str(free_port_pair()), "-mp", str(free_port()),
+        "-m", "1", "-timeout", "20s", "-timeout_error", "-trace_err", "-nostdin",
+        f"127.0.0.1:{agents.port}",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 40)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, "sipp did not finish"
+    errors = "".join(p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*errors*"))
+    assert proc.returncode is not None
+    return proc.returncode, f"rc={proc.returncode}\nstderr: {err.decode(errors='replace')[-1500:]}\nerrors: {errors}"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_sipp_caller_is_answered_and_hangs_up(tmp_path, transport):
+    agents = PsapAgents(QUEUES, port=0, transports=(transport,), ring_seconds=0.1)
+    await agents.start()
+    try:
+        code, diag = await run_sipp("psap_uac.xml", agents, tmp_path, transport, "psap-01")
+        assert code == 0, diag + f"\n{agents.core.stats}"
+        counts = agents.counts["psap-01"]
+        assert (counts.offered, counts.answered, counts.ended, counts.ended_by_psap) == (1, 1, 1, 0)
+    finally:
+        await agents.close()
+
+
+async def test_sipp_caller_gets_the_psaps_bye_after_the_hold_time(tmp_path):
+    agents = PsapAgents(QUEUES, port=0, ring_seconds=0.0, hold_seconds=0.3)
+    await agents.start()
+    try:
+        code, diag = await run_sipp("psap_uac_psap_hangs_up.xml", agents, tmp_path, "udp", "psap-01")
+        assert code == 0, diag + f"\n{agents.core.stats}"
+        counts = agents.counts["psap-01"]
+        for _ in range(100):  # SIPp's 200 to our BYE may still be on its way (bounded)
+            if counts.ended:
+                break
+            await asyncio.sleep(0.02)
+        assert (counts.answered, counts.ended, counts.ended_by_psap) == (1, 1, 1)
+    finally:
+        await agents.close()
