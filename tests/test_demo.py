@@ -1,5 +1,7 @@
-"""`firebox demo` as a person runs it: the bounded run prints its summary, and the page in a
-real headless Chromium draws the towns and answers a click with the ECRF's LoST mapping."""
+"""`firebox demo` as a person runs it: the bounded run prints its summary (LoST lookups, and
+SIP 911 calls from a carrier through BCF + ESRP to the PSAPs' user agents), and the page in a
+real headless Chromium draws the towns, answers a click with the ECRF's LoST mapping and
+shows calls answered per PSAP."""
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def _free_port() -> int:
 def _demo(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.Popen(
-        [str(FIREBOX), "demo", "--listen", f"127.0.0.1:{port}", "--workdir", str(tmp_path / "demo"), *extra],
+        [str(FIREBOX), "demo", "--listen", f"127.0.0.1:{port}", "--sip-listen", "127.0.0.1:0",
+         "--workdir", str(tmp_path / "demo"), *extra],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -54,6 +57,13 @@ def test_bounded_demo_run_prints_a_summary(tmp_path: Path):
     sent, answered, errors = map(int, m.groups())
     assert sent > 10 and errors == 0 and answered == sent, out
     assert "callers per PSAP" in out
+    # The SIP call load: every call placed was answered by a PSAP (none failed unanswered).
+    m = re.search(r"SIP calls: (\d+) sent, (\d+) answered, (\d+) failed without an answer", out)
+    assert m, out
+    calls, answered, unanswered = map(int, m.groups())
+    assert answered > 0 and unanswered == 0, out
+    assert re.search(r"BCF \+ ESRP: \d+ calls in, \d+ answered, 0 failed, failovers \d+", out), out
+    assert "SIP calls per PSAP" in out
     # The state it ran on was written where asked, and loads as a deployment file.
     assert (tmp_path / "demo" / "deployment.yaml").exists()
     check = subprocess.run(
@@ -103,6 +113,13 @@ def test_page_draws_the_towns_and_a_click_asks_the_ecrf(running_demo: str, tmp_p
             page.goto(running_demo + "/")
             page.wait_for_function(f"document.querySelectorAll('#map path').length === {len(towns)}")
             page.wait_for_function("/LoST queries answered/.test(document.getElementById('summary').textContent)")
+            # Calls per PSAP queue, refreshed live: some PSAP has answered calls (bounded wait).
+            page.wait_for_function(
+                "[...document.querySelectorAll('#calls tbody td.answered')].some((td) => Number(td.textContent) > 0)",
+                timeout=60_000,
+            )
+            answered = sum(int(t) for t in page.locator("#calls tbody td.answered").all_inner_texts())
+            assert answered > 0
             # Click the middle of the map: the page sends findService and shows the mapping.
             box = page.locator("#map").bounding_box()
             assert box is not None

@@ -98,6 +98,10 @@ def demo(
     sip_listen: Annotated[
         str, typer.Option(help="HOST:PORT of the BCF + ESRP (SIP over UDP and TCP); port 0: any free port.")
     ] = "127.0.0.1:5070",
+    psap_fault: Annotated[
+        Optional[list[str]],
+        typer.Option(help="PSAP_ID=busy|silent: that PSAP refuses (503) or ignores its calls; repeatable."),
+    ] = None,
     workdir: Annotated[Path, typer.Option(help="Where the generated state is written.")] = Path(
         "var/demo"
     ),
@@ -108,10 +112,24 @@ def demo(
     """Generate a state (towns, PSAPs, streets, fire alarm boxes) and run firebox on it."""
     from firebox.node import attach_callers, build_node, run_node, write_demo
 
+    from firebox.deployment import DeploymentError
+
+    faults: dict[str, str] = {}
+    for item in psap_fault or []:
+        psap_id, sep, mode = item.partition("=")
+        if not sep or mode not in ("busy", "silent", "answer"):
+            err.print(f"[red]✗[/red] --psap-fault {item!r}: expected PSAP_ID=busy or PSAP_ID=silent", highlight=False)
+            raise typer.Exit(2)
+        faults[psap_id] = mode
     target = write or workdir
-    deployment_file, state = write_demo(
-        target, seed=seed, n_towns=towns, listen=listen, sip_listen=sip_listen, console=console
-    )
+    try:
+        deployment_file, state = write_demo(
+            target, seed=seed, n_towns=towns, listen=listen, sip_listen=sip_listen, faults=faults, console=console
+        )
+    except DeploymentError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]✗[/red] {problem}", highlight=False)
+        raise typer.Exit(2) from None
     if write is not None:
         console.print(f"wrote {deployment_file}")
         return
