@@ -23,7 +23,7 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-import argparse  # noqa: E402
+import argparse
 import asyncio
 import subprocess
 import tempfile
@@ -33,9 +33,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from firebox import jws as jwslib
-from firebox.logging.events import new_call_id, new_incident_id, new_log_event_id, parse_timestamp
+from firebox.logging.events import (
+    new_call_id,
+    new_incident_id,
+    new_log_event_id,
+    parse_timestamp,
+)
 from firebox.logging.store import AppendItem, open_store, to_micros
-from firebox.logging.testing import Signer, call_events, free_port, postgres_unavailable, scratch_postgres
+from firebox.logging.testing import (
+    Signer,
+    call_events,
+    free_port,
+    postgres_unavailable,
+    scratch_postgres,
+)
 
 FIREBOX = [sys.executable, "-c", "from firebox.cli import app; app()"]
 TARGET = 2000

@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 
 from firebox import jws as jwslib
 from firebox.cli import app
-from firebox.logging.events import new_call_id, new_incident_id, new_log_event_id, parse_timestamp
+from firebox.logging.events import (
+    new_call_id,
+    new_incident_id,
+    new_log_event_id,
+    parse_timestamp,
+)
 from firebox.logging.service import LoggingService
 from firebox.logging.store import AppendItem, open_store, to_micros
 from firebox.logging.testing import Signer, call_events

@@ -26,8 +26,13 @@ from schemathesis.checks import (
 )
 
 from firebox import jws as jwslib
+from firebox.logging.events import (
+    new_call_id,
+    new_incident_id,
+    new_log_event_id,
+    parse_timestamp,
+)
 from firebox.logging.openapi import openapi_document
-from firebox.logging.events import new_call_id, new_incident_id, new_log_event_id, parse_timestamp
 from firebox.logging.service import LoggingService
 from firebox.logging.store import AppendItem, open_store, to_micros
 from firebox.logging.testing import Signer, call_events

@@ -5,6 +5,7 @@ chain and the first broken link, concurrent writers keeping the chain linear."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from firebox import jws as jwslib
-from firebox.logging.events import new_call_id, new_incident_id, new_log_event_id, parse_timestamp
+from firebox.logging.events import (
+    new_call_id,
+    new_incident_id,
+    new_log_event_id,
+    parse_timestamp,
+)
 from firebox.logging.store import (
     GENESIS,
     AppendItem,
@@ -76,7 +82,7 @@ def test_append_get_and_chain(store):
     assert all(isinstance(r, StoredEvent) for r in results)
     assert [r.sequence for r in results] == list(range(1, len(events) + 1))
     assert results[0].prev_hash == GENESIS
-    for prev, r in zip(results, results[1:], strict=False):
+    for prev, r in itertools.pairwise(results):
         assert r.prev_hash == prev.hash == chain_hash(prev.prev_hash, prev.sequence, prev.log_event_id, prev.jws)
     got = store.get(results[3].log_event_id)
     assert got == results[3]
@@ -126,7 +132,7 @@ def test_queries_paging_calls_incidents(store):
 
 
 def test_conversation_is_in_timestamp_order(store):
-    call, incident, events = a_call()
+    call, _incident, events = a_call()
     store.append([item(e) for e in reversed(events)])  # arrive in reverse order
     other = a_call()[2]
     store.append([item(e) for e in other])

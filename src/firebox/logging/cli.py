@@ -105,8 +105,9 @@ def call(
         with open_store(db) as store:
             containers = [{"logEventId": e.log_event_id, "logEvent": e.jws_object()} for e in store.conversation(call_id)]
     else:
-        import httpx
         from urllib.parse import quote
+
+        import httpx
 
         assert url is not None
         try:

@@ -62,7 +62,14 @@ from firebox.logging.events import (
     parse_timestamp,
     validate,
 )
-from firebox.logging.store import AppendItem, Duplicate, Filter, LogStore, StoredEvent, to_micros
+from firebox.logging.store import (
+    AppendItem,
+    Duplicate,
+    Filter,
+    LogStore,
+    StoredEvent,
+    to_micros,
+)
 
 __all__ = ["LoggingService", "create_app"]
 
@@ -197,7 +204,7 @@ class LoggingService:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 results = await asyncio.to_thread(self.store.append, [i for i, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request (503)
+            except Exception as exc:
                 log.exception("storing %d log events failed", len(batch))
                 for _, future in batch:
                     if not future.done():

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -368,7 +368,7 @@ class LogStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> LogStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -468,8 +468,8 @@ _PG_SCHEMA = (
     _SQLITE_SCHEMA.replace("seq INTEGER PRIMARY KEY", "seq BIGINT PRIMARY KEY").replace(
         "ts_us INTEGER", "ts_us BIGINT"
     ),
-    "CREATE TABLE IF NOT EXISTS log_head (id INTEGER PRIMARY KEY CHECK (id = 1), "
-    "seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+    ("CREATE TABLE IF NOT EXISTS log_head (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "seq BIGINT NOT NULL, hash TEXT NOT NULL)"),
     f"INSERT INTO log_head (id, seq, hash) VALUES (1, 0, '{GENESIS}') ON CONFLICT (id) DO NOTHING",
     *_INDEXES,
 )

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
