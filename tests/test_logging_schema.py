@@ -42,17 +42,23 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 MAX_EXAMPLES = 60
 
 
+SEEDED: dict[str, list[str]] = {"callIds": [], "incidentIds": [], "logEventIds": []}
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[str]:
     store = open_store(f"sqlite:///{tmp_path_factory.mktemp('schema')}/logs.db")
     signer = Signer("ed25519")
     for _ in range(3):
         events = call_events(new_call_id("bcf.example.net"), new_incident_id("bcf.example.net"))
-        store.append([
+        stored = store.append([
             AppendItem(new_log_event_id("logs.example.net"), e, jwslib.serialize(signer.sign(e)).decode(),
                        to_micros(parse_timestamp(e["timestamp"])))
             for e in events
         ])  # fmt: skip
+        SEEDED["callIds"].append(events[0]["callId"])
+        SEEDED["incidentIds"].append(events[0]["incidentId"])
+        SEEDED["logEventIds"].extend(r.log_event_id for r in stored)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(LoggingService(store).app(), log_level="warning"))
@@ -98,3 +104,27 @@ def test_no_5xx_and_no_schema_violation(served, label, mode):
         case.call_and_validate(base_url=served, checks=CHECKS)
 
     run()
+
+
+def test_answers_with_data_follow_the_document(served):
+    """The generated requests rarely hit stored data or post a valid event; these do, and
+    their answers (201, 409, pages of events, one event, a conversation) are held to the
+    same checks."""
+    call, incident, log_id = SEEDED["callIds"][0], SEEDED["incidentIds"][0], SEEDED["logEventIds"][0]
+    event = call_events(call, incident)[0]
+    body = jwslib.sign(event, None)
+    cases = [
+        ("POST /LogEvents", {"body": body, "media_type": "application/json"}, 201),
+        ("POST /LogEvents", {"body": body, "media_type": "application/json"}, 409),
+        ("GET /LogEvents", {"query": {"limit": 5, "start": 2}}, 200),
+        ("GET /LogEvents", {"query": {"logEventType": "RouteLogEvent", "startTime": "2000-01-01T00:00:00Z"}}, 200),
+        ("GET /LogEvents/{logEventId}", {"path_parameters": {"logEventId": log_id}}, 200),
+        ("GET /LogEventIds", {"query": {"callId": call}}, 200),
+        ("GET /CallIds", {"query": {"incidentId": incident}}, 200),
+        ("GET /IncidentIds", {"query": {"limit": 2}}, 200),
+        ("GET /Conversations/{callId}", {"path_parameters": {"callId": call}}, 200),
+        ("GET /Versions", {}, 200),
+    ]
+    for label, kw, status in cases:
+        response = OPERATIONS[label].Case(**kw).call_and_validate(base_url=served, checks=CHECKS[:4])
+        assert response.status_code == status, (label, response.text)

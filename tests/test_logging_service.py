@@ -227,6 +227,15 @@ async def test_conversation_in_order(client):
     assert nothing.status_code == 404 and members(nothing) == ["callId"]
 
 
+async def test_a_failing_store_answers_503_so_that_senders_retry(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/gone.db")
+    app = LoggingService(store).app()
+    store.close()  # the disk went away, say
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://logs") as c:
+        reply = await post(c, SIGNERS["none"].sign(a_call()[2][0]))
+    assert reply.status_code == 503 and reply.headers["content-type"] == "application/problem+json"
+
+
 async def test_unknown_paths_and_methods_answer_problem_json(client):
     reply = await client.get("/Nothing/here")
     assert reply.status_code == 404 and reply.headers["content-type"] == "application/problem+json"

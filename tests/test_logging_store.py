@@ -199,14 +199,53 @@ def test_concurrent_writers_keep_one_linear_chain(store):
 
 
 def test_two_store_instances_share_one_chain(store, tmp_path):
-    """Two stores on one database (two service processes) still make one chain."""
+    """Two stores on one database (two service processes, each with its own connections)
+    appending at the same time still make one linear chain: the database serializes them
+    (SQLite's BEGIN IMMEDIATE, PostgreSQL's lock on the log_head row)."""
     other = open_store(store.conninfo) if not isinstance(store, SqliteStore) else SqliteStore(store.path)
+    batches = [[item(e) for e in a_call()[2]] for _ in range(12)]
+    errors: list[BaseException] = []
+
+    def work(target: LogStore, chunk: list) -> None:
+        try:
+            for b in chunk:
+                target.append(b)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
     try:
-        for i in range(5):
-            (store if i % 2 else other).append([item(e) for e in a_call()[2]])
-        assert store.verify() is None and other.count() == store.count() == 45
+        threads = [threading.Thread(target=work, args=((store, other)[i % 2], batches[i::4])) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert other.count() == store.count() == 12 * 9 and store.verify() is None and other.verify() is None
     finally:
         other.close()
+
+
+def test_postgres_store_reconnects_after_its_sessions_are_killed(pg_database):
+    import psycopg
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS log_events, log_head")
+    with open_store(pg_database) as store:
+        store.append([item(e) for e in a_call()[2]])
+        with psycopg.connect(pg_database, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+        events = a_call()[2]
+        with pytest.raises(psycopg.OperationalError):
+            store.append([item(e) for e in events])  # this one meets the dead session
+        stored = store.append([item(e) for e in events])  # and this one a new one
+        assert all(isinstance(r, StoredEvent) for r in stored)
+        for _ in range(4):  # each reader connection renews itself once
+            try:
+                store.count()
+            except psycopg.OperationalError:
+                pass
+        assert store.count() == 18 and store.verify() is None
 
 
 def test_open_store_urls(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ import queue
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -376,10 +376,12 @@ class LogStore(ABC):
 
 
 class _Pool(Generic[T]):
-    """A fixed set of connections handed out one at a time (readers)."""
+    """A fixed set of connections handed out one at a time (readers). ``renew`` (optional)
+    replaces a connection found unusable (a PostgreSQL session that was terminated)."""
 
-    def __init__(self, conns: list[T]):
-        self.all = conns
+    def __init__(self, conns: list[T], renew: Callable[[T], T] | None = None):
+        self.all = list(conns)
+        self._renew = renew
         self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
         for c in conns:
             self._free.put(c)
@@ -388,6 +390,11 @@ class _Pool(Generic[T]):
     def take(self) -> Iterator[T]:
         conn = self._free.get()
         try:
+            if self._renew is not None:
+                fresh = self._renew(conn)
+                if fresh is not conn:
+                    self.all = [fresh if c is conn else c for c in self.all]
+                    conn = fresh
             yield conn
         finally:
             self._free.put(conn)
@@ -484,26 +491,41 @@ class PostgresStore(LogStore):
     PH = "%s"
 
     def __init__(self, conninfo: str, *, readers: int = 4):
-        import psycopg
-
         self.conninfo = conninfo
         self._lock = threading.Lock()
-        self._writer = psycopg.connect(conninfo, autocommit=False)
+        self._writer = self._connect(autocommit=False)
         with self._writer.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7244011)")  # two processes creating at once
             for stmt in _PG_SCHEMA:
                 cur.execute(stmt)
         self._writer.commit()
-        self._readers = _Pool([psycopg.connect(conninfo, autocommit=True) for _ in range(readers)])
+        self._readers = _Pool([self._connect(autocommit=True) for _ in range(readers)], self._renew)
+
+    def _connect(self, *, autocommit: bool) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.conninfo, autocommit=autocommit)
+
+    def _renew(self, conn: Any) -> Any:
+        """A new connection in place of one that broke (server restart, terminated session):
+        the request that met the break failed; the next one works again."""
+        if conn.closed or conn.broken:
+            conn.close()
+            return self._connect(autocommit=True)
+        return conn
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._lock:
+            if self._writer.closed or self._writer.broken:
+                self._writer.close()
+                self._writer = self._connect(autocommit=False)
             try:
                 with self._writer.cursor() as cur:
                     yield cur
             except BaseException:
-                self._writer.rollback()
+                if not self._writer.broken:
+                    self._writer.rollback()
                 raise
             self._writer.commit()
 
