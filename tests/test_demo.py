@@ -36,8 +36,10 @@ def _free_port() -> int:
 def _demo(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.Popen(
-        [str(FIREBOX), "demo", "--listen", f"127.0.0.1:{port}", "--sip-listen", "127.0.0.1:0",
-         "--workdir", str(tmp_path / "demo"), *extra],  # fmt: skip
+        [
+            str(FIREBOX), "demo", "--listen", f"127.0.0.1:{port}", "--sip-listen", "127.0.0.1:0",
+            "--workdir", str(tmp_path / "demo"), *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -61,7 +63,7 @@ def test_bounded_demo_run_prints_a_summary(tmp_path: Path):
     m = re.search(r"SIP calls: (\d+) sent, (\d+) answered, (\d+) failed without an answer", out)
     assert m, out
     calls, answered, unanswered = map(int, m.groups())
-    assert answered > 0 and unanswered == 0, out
+    assert calls >= answered > 0 and unanswered == 0, out
     assert re.search(r"BCF \+ ESRP: \d+ calls in, \d+ answered, 0 failed, failovers \d+", out), out
     assert "SIP calls per PSAP" in out
     # The state it ran on was written where asked, and loads as a deployment file.

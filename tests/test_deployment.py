@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from firebox.deployment import DeploymentError, dump_deployment, load_deployment, parse_deployment
+from firebox.deployment import (
+    DeploymentError,
+    dump_deployment,
+    load_deployment,
+    parse_deployment,
+)
 
 GOOD = """\
 authority:

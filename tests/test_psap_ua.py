@@ -25,7 +25,14 @@ from firebox.psap.ua import (
     StartTimer,
     TimerName,
 )
-from firebox.sip import Request, Response, build_multipart, make_part, parse_message, serialize
+from firebox.sip import (
+    Request,
+    Response,
+    build_multipart,
+    make_part,
+    parse_message,
+    serialize,
+)
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 QUEUES = [
@@ -368,3 +375,93 @@ async def test_sipp_caller_gets_the_psaps_bye_after_the_hold_time(tmp_path):
         assert (counts.answered, counts.ended, counts.ended_by_psap) == (1, 1, 1)
     finally:
         await agents.close()
+
+
+# -- composed as the demo composes them: carrier -> BCF + ESRP -> PSAP agents ------------------
+
+
+@pytest.fixture(scope="module")
+def demo_state(tmp_path_factory):
+    from rich.console import Console
+
+    from firebox.node import write_demo
+
+    target = tmp_path_factory.mktemp("psap-demo")
+    _, state = write_demo(target, seed=911, n_towns=40, listen="127.0.0.1:7070", console=Console(quiet=True))
+    return target, state
+
+
+async def composed(target: Path, state, faults: dict[str, str]):
+    """The demo's deployment with ``faults``, its SIP elements started (no HTTP)."""
+    import yaml
+    from rich.console import Console
+
+    from firebox.deployment import load_deployment, parse_deployment
+    from firebox.node import build_node, start_sip
+
+    dep = load_deployment(target / "deployment.yaml")
+    data = dep.model_dump(mode="json", exclude_none=True)
+    data["elements"]["bcf"]["listen"] = "127.0.0.1:0"
+    data["elements"]["bcf"]["transports"] = ["udp"]
+    data["elements"]["psap_agents"]["faults"] = faults
+    data["elements"]["psap_agents"]["hold_seconds"] = 0.2
+    dep = parse_deployment(yaml.safe_dump(data), base=target / "deployment.yaml")
+    node = build_node(dep, console=Console(quiet=True))
+    http = await start_sip(node)
+    return node, http
+
+
+def town_of(state, psap_id: str) -> tuple[float, float]:
+    town = next(t for t in state.towns if t.psap_id == psap_id)
+    p = town.geometry.point_on_surface()
+    return p.x, p.y
+
+
+@pytest.mark.parametrize("fault", ["busy", "silent"])
+async def test_a_faulty_psap_fails_over_to_its_alternate_and_the_call_is_answered(demo_state, fault):
+    from firebox.node import stop_sip
+    from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
+
+    target, state = demo_state
+    psap = next(p for p in state.psaps if p.alternates)
+    node, http = await composed(target, state, {psap.id: fault})
+    carrier = Carrier(("127.0.0.1", node.core.port, "udp"))
+    await carrier.start()
+    try:
+        lon, lat = town_of(state, psap.id)
+        result = await carrier.call(CallPlan("tel:+12005550001", lon, lat, LocationMode.VALUE, hold=0.1))
+        assert result.outcome is Outcome.ANSWERED and result.status == 200
+        assert node.agents.counts[psap.id].offered == 1 and node.agents.counts[psap.id].answered == 0
+        alternate = node.agents.counts[psap.alternates[0]]
+        assert alternate.offered == 1 and alternate.answered == 1
+        assert node.core.stats["failovers"] == 1
+        assert node.core.destinations[psap.uri]["failed"] == 1
+        assert carrier.stats.answered == 1 and carrier.stats.unanswered == 0
+    finally:
+        await carrier.close()
+        await stop_sip(node)
+        await http.aclose()
+
+
+async def test_calls_without_a_usable_location_reach_the_default_psap(demo_state):
+    from firebox.node import stop_sip
+    from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
+
+    target, state = demo_state
+    node, http = await composed(target, state, {})
+    carrier = Carrier(("127.0.0.1", node.core.port, "udp"))
+    await carrier.start()
+    try:
+        default = state.psaps[0].id  # the ESRP's default route: the first PSAP listed
+        for n, mode in enumerate((LocationMode.NONE, LocationMode.GARBLED)):
+            result = await carrier.call(CallPlan(f"tel:+1200555000{n}", 0.0, 0.0, mode, hold=0.1))
+            assert result.outcome is Outcome.ANSWERED, result
+        assert node.agents.counts[default].answered == 2
+        assert all(any("default location added" in line for line in r.events) for r in node.core.records.values())
+        # The PSAP's own hold time (0.2 s) ends a call the caller keeps up.
+        result = await carrier.call(CallPlan("tel:+12005550009", 0.0, 0.0, LocationMode.NONE, hold=5.0))
+        assert result.outcome is Outcome.ANSWERED and result.ended_by == "psap"
+    finally:
+        await carrier.close()
+        await stop_sip(node)
+        await http.aclose()

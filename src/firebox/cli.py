@@ -110,9 +110,8 @@ def demo(
     ] = None,
 ) -> None:
     """Generate a state (towns, PSAPs, streets, fire alarm boxes) and run firebox on it."""
-    from firebox.node import attach_callers, build_node, run_node, write_demo
-
     from firebox.deployment import DeploymentError
+    from firebox.node import attach_callers, build_node, run_node, write_demo
 
     faults: dict[str, str] = {}
     for item in psap_fault or []:

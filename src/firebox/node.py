@@ -414,7 +414,11 @@ async def _caller_load(node: Node, rate: float) -> None:
     serves that location."""
     import httpx
 
-    from firebox.held.codec import LocationRequest, LocationResponse, dereference_request
+    from firebox.held.codec import (
+        LocationRequest,
+        LocationResponse,
+        dereference_request,
+    )
     from firebox.held.codec import parse as held_parse
     from firebox.held.codec import serialize as held_serialize
     from firebox.location.pidf import best_location
@@ -494,7 +498,7 @@ async def _call_load(node: Node, rate: float, stop: asyncio.Event) -> None:
     from firebox.held.codec import LocationRequest, LocationResponse
     from firebox.held.codec import parse as held_parse
     from firebox.held.codec import serialize as held_serialize
-    from firebox.sim.carrier import Carrier, CallPlan, LocationMode
+    from firebox.sim.carrier import CallPlan, Carrier, LocationMode
 
     assert node.core is not None
     dep = node.deployment
@@ -752,8 +756,11 @@ def demo_deployment(
             "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"}},
             "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test"},
             "psap_agents": {
-                "listen": agents_listen, "ring_seconds": 0.3, "hold_seconds": 4.0, "faults": dict(faults or {}),
-            },  # fmt: skip
+                "listen": agents_listen,
+                "ring_seconds": 0.3,
+                "hold_seconds": 4.0,
+                "faults": dict(faults or {}),
+            },
         },
     }
     return parse_deployment(dump_deployment(Deployment.model_validate(data)))

@@ -45,7 +45,7 @@ from firebox.sip.message import Message, Request, Response, make_response
 from firebox.sip.multipart import build_multipart, make_part
 from firebox.sip.transaction import MAGIC_COOKIE, build_ack
 
-__all__ = ["Carrier", "CarrierStats", "CallPlan", "CallResult", "LocationMode", "Outcome"]
+__all__ = ["CallPlan", "CallResult", "Carrier", "CarrierStats", "LocationMode", "Outcome"]
 
 log = logging.getLogger(__name__)
 
