@@ -48,7 +48,7 @@ from shapely.geometry.base import BaseGeometry
 
 from firebox.ecrf.normalize import normalize_town
 from firebox.gis.index import BoundaryLayer, ServiceIndex
-from firebox.location.shapes import Point, Polygon, ShapeError, to_geometry
+from firebox.location.shapes import Circle, Point, Polygon, ShapeError, to_geometry
 from firebox.lost.messages import (
     NO_CACHE,
     ErrorKind,
@@ -210,6 +210,60 @@ class PointGrid:
             if shapely.intersects_xy(geoms[i], lon, lat):
                 return i
         return -1
+
+    MAX_BOX_CELLS = 16
+
+    def locate_box(self, x0: float, y0: float, x1: float, y1: float) -> int | None:
+        """The boundary whose interior holds the whole box, when the grid can tell at once:
+        every cell the box touches (at most ``MAX_BOX_CELLS``) lies properly inside that
+        one boundary with no lower-indexed boundary touching it. Then any area in the box
+        overlaps that boundary completely and it wins ``locate_geometry`` (greatest
+        overlap, lowest index on a tie). ``None``: ask ``locate_geometry``."""
+        if not self.nx or not (self.x0 <= x0 and x1 <= self._x1 and self.y0 <= y0 and y1 <= self._y1):
+            return None
+        cx0 = min(int((x0 - self.x0) / self.w), self.nx - 1)
+        cx1 = min(int((x1 - self.x0) / self.w), self.nx - 1)
+        cy0 = min(int((y0 - self.y0) / self.h), self.ny - 1)
+        cy1 = min(int((y1 - self.y0) / self.h), self.ny - 1)
+        if (cx1 - cx0 + 1) * (cy1 - cy0 + 1) > self.MAX_BOX_CELLS:
+            return None
+        found: int | None = None
+        for cy in range(cy0, cy1 + 1):
+            for cx in range(cx0, cx1 + 1):
+                key = cy * self.nx + cx
+                cell = self._cells.get(key)
+                if cell is None:
+                    if len(self._cells) >= self.MAX_CELLS:
+                        self._cells.clear()
+                    cell = self._cells[key] = self._cell(cx, cy)
+                if type(cell) is not int or (found is not None and cell != found):
+                    return None
+                found = cell
+        return found
+
+
+#: Metres per degree of latitude, at least (the meridian degree is 110,574 m at the equator
+#: and grows toward the poles), so dividing by it over-estimates a box in degrees.
+_M_PER_DEG_MIN = 110_500.0
+
+
+def _circle_in_one_cell_run(grid: PointGrid, shape: Any) -> int:
+    """For a small ``Circle`` (the usual shape of a caller's location): the boundary that
+    holds it whole, found on the grid from a box around it without building the circle's
+    polygon (which costs a geodesic computation per vertex); -1 when the grid cannot tell
+    or for any other shape. The box over-estimates the circle by 5 % plus a metre, in
+    degrees with the smallest metres-per-degree, so it always contains the circle."""
+    if type(shape) is not Circle or not (0.0 < shape.radius < 50_000.0):
+        return -1
+    lat, lon = shape.center.lat, shape.center.lon
+    cos_lat = math.cos(math.radians(lat))
+    if cos_lat < 0.05:  # near a pole degrees of longitude shrink to nothing: no shortcut
+        return -1
+    reach = shape.radius * 1.05 + 1.0
+    dlat = reach / _M_PER_DEG_MIN
+    dlon = reach / (_M_PER_DEG_MIN * cos_lat)
+    found = grid.locate_box(lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+    return -1 if found is None else found
 
 
 # --- boundaries on the wire ------------------------------------------------------------
@@ -419,14 +473,16 @@ class Ecrf:
                 lonlat = (shape.lon, shape.lat)
                 idx = entry.grid.locate(shape.lon, shape.lat)
             else:
-                where = to_geometry(shape)
-                if not where.is_valid:
-                    return self._error(
-                        ErrorKind.LOCATION_INVALID,
-                        f"location '{loc.id}': {type(shape).__name__} is not a valid area "
-                        f"({shapely.is_valid_reason(where)})",
-                    )
-                idx = entry.layer.locate_geometry(where)
+                idx = _circle_in_one_cell_run(entry.grid, shape)
+                if idx < 0:
+                    where = to_geometry(shape)
+                    if not where.is_valid:
+                        return self._error(
+                            ErrorKind.LOCATION_INVALID,
+                            f"location '{loc.id}': {type(shape).__name__} is not a valid area "
+                            f"({shapely.is_valid_reason(where)})",
+                        )
+                    idx = entry.layer.locate_geometry(where)
         else:
             civic = loc.civic
             assert civic is not None

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
+from functools import lru_cache
 from typing import Any, Final, Generic, TypeVar
 
 from firebox.deployment import SIP_URI
@@ -421,6 +422,7 @@ def parse_notify(event: str, body: Body) -> AnyState:
 # --- the table ---------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16384)  # pure, and asked ~20 times per routed call for the same few URIs
 def uri_key(uri: str) -> str:
     """A SIP URI reduced for comparison: scheme and host lowercased (RFC 3261 section
     19.1.4), user kept as is, URI parameters and headers dropped, so that the ECRF's answer,
