@@ -48,6 +48,14 @@ def test_verify_ok_and_broken(filled, tmp_path):
     url, _, stored = filled
     ok = runner.invoke(app, ["logs", "verify", "--db", url])
     assert ok.exit_code == 0 and "9 log events, the hash chain verifies" in ok.stdout
+    head = ok.stdout.split("head ", 1)[1].split()[0]
+    assert head == f"9:{stored[-1].hash}"
+    assert runner.invoke(app, ["logs", "verify", "--db", url, "--anchor", f"4:{stored[3].hash}"]).exit_code == 0
+    with sqlite3.connect(tmp_path / "logs.db") as conn:  # cut back the tail: the chain is intact...
+        conn.execute("DELETE FROM log_events WHERE seq = 9")
+    assert runner.invoke(app, ["logs", "verify", "--db", url]).exit_code == 0
+    cut = runner.invoke(app, ["logs", "verify", "--db", url, "--anchor", head])  # ...but not the anchor
+    assert cut.exit_code == 1 and f"anchor {head} is not in the chain" in " ".join(cut.output.split())
     with sqlite3.connect(tmp_path / "logs.db") as conn:
         conn.execute("UPDATE log_events SET element_id = 'x', jws = replace(jws, 'A', 'B') WHERE seq = 6")
     bad = runner.invoke(app, ["logs", "verify", "--db", url])

@@ -71,17 +71,36 @@ def _safe(url: str) -> str:
 
 
 @logs_app.command("verify")
-def verify(db: DbOption) -> None:
+def verify(
+    db: DbOption,
+    anchor: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="SEQUENCE:HASH printed by an earlier verify; the chain must still hold it"),
+    ] = None,
+) -> None:
     """Walk the hash chain; exit 1 naming the first broken link (sequence and logEventId)."""
     from firebox.logging.store import open_store
 
     with open_store(db) as store:
         count = store.count()
         broken = store.verify()
+        head = store.head()
+        missed = []
+        for a in anchor or []:
+            seq, _, want = a.partition(":")
+            if not seq.isdigit() or not want:
+                raise typer.BadParameter(f"expected SEQUENCE:HASH, not {a!r}", param_hint="--anchor")
+            if store.hash_at(int(seq)) != want.lower():
+                missed.append(a)
     if broken is not None:
         err.print(f"[red]✗[/red] hash chain broken at {broken}", highlight=False)
         raise typer.Exit(1)
+    if missed:
+        for a in missed:
+            err.print(f"[red]✗[/red] anchor {a} is not in the chain: rewritten or cut back since", highlight=False)
+        raise typer.Exit(1)
     console.print(f"[green]✓[/green] {count} log events, the hash chain verifies", highlight=False)
+    console.print(f"head {head[0]}:{head[1]}", highlight=False)
 
 
 @logs_app.command("call")

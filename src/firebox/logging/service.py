@@ -8,7 +8,8 @@ Service OpenAPI, ``loggingservice.yaml``) as a Starlette app over a ``LogStore``
                                        ``elementId``, ``agencyId``, ``logEventType``; paging with
                                        ``limit`` and ``start`` (1-based); ``count``, ``totalCount``,
                                        ``logEventContainers`` (``logEventId`` + the JWS)
-``GET /LogEvents/{logEventId}``        the event's JWS, byte for byte as received
+``GET /LogEvents/{logEventId}``        the event's JWS as received (its three members
+                                       unchanged; the outer JSON compacted)
 ``GET /LogEventIds``                   by ``callId`` / ``incidentId``
 ``GET /CallIds``                       by ``incidentId`` and time range
 ``GET /IncidentIds``                   by time range

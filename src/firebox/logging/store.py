@@ -23,7 +23,10 @@ gaps) holds ``prev_hash`` (the ``hash`` of event ``n-1``; 64 zeros for the first
 
 where ``canonical`` is the UTF-8 of the compact JSON array ``[sequence, logEventId, jws]``
 (``jws`` the stored flattened JWS text, byte for byte as served). ``verify()`` recomputes the
-chain and names the first broken link. Appends are serialized so that the chain stays linear
+chain and names the first broken link. A chain can only prove itself up to its last link:
+cutting events off its end leaves a valid chain, so ``head()`` (sequence and hash of the
+last link) is meant to be recorded elsewhere now and then, and checked later with
+``hash_at`` (``firebox logs verify --anchor SEQ:HASH``). Appends are serialized so that the chain stays linear
 under concurrent writers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR UPDATE`` on
 the single ``log_head`` row, which also serializes several service processes).
 """
@@ -329,6 +332,18 @@ class LogStore(ABC):
         if stored is not None and stored != (expected_seq - 1, head):
             return ChainBreak(stored[0], None, "the chain head does not match the last stored event")
         return None
+
+    def head(self) -> tuple[int, str]:
+        """The last link: its sequence and hash ((0, GENESIS) when empty). Recorded outside
+        the store (printed by ``firebox logs verify``, kept by an auditor), it is an anchor:
+        the chain cannot be rewritten or cut back before it unnoticed (``hash_at``)."""
+        rows = self._select("SELECT seq, hash FROM log_events ORDER BY seq DESC LIMIT 1", [])
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+
+    def hash_at(self, sequence: int) -> str | None:
+        """The stored hash of event ``sequence`` (None if there is no such event)."""
+        rows = self._select(f"SELECT hash FROM log_events WHERE seq = {self.PH}", [sequence])
+        return str(rows[0][0]) if rows else None
 
     def _stored_head(self) -> tuple[int, str] | None:
         """A separately recorded (sequence, hash) of the head, if the backend keeps one."""
