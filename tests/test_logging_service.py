@@ -126,6 +126,8 @@ async def test_bad_log_events_name_every_wrong_member(client):
     assert reply.status_code == 460
     assert set(members(reply)) == {"elementId", "recipientUri", "timestamp", "agencyId"}
     assert reply.json()["title"] == "Bad LogEvent"
+    reply = await post(client, SIGNERS["none"].sign({**a_call()[2][0], "clientAssignedIdentifier": " "}))
+    assert reply.status_code == 460 and members(reply) == ["clientAssignedIdentifier"]
     reply = await post(client, SIGNERS["none"].sign({"logEventType": "NoSuchLogEvent"}))
     assert reply.status_code == 460 and {"logEventType", "timestamp", "elementId", "agencyId"} <= set(members(reply))
 

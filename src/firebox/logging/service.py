@@ -181,6 +181,9 @@ class LoggingService:
             raise _Reject(status, title, [Problem(member, exc.message)]) from None
         event = verified.payload
         problems = validate(event)
+        cid = event.get("clientAssignedIdentifier")
+        if isinstance(cid, str) and not cid.strip():
+            problems.append(Problem("clientAssignedIdentifier", "must not be empty (it makes retries idempotent)"))
         ts_us = 0
         if not problems:
             try:
