@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections import Counter
@@ -45,6 +46,8 @@ MAX_CALLS = 200
 CALLER_HOLD = (1.0, 5.0)
 #: How long (s), at most, the end of a run waits for calls in progress to finish.
 DRAIN_SECONDS = 8.0
+
+log = logging.getLogger(__name__)
 
 SERVICE_NUMBERS = {
     "urn:service:sos": "911",
@@ -276,7 +279,11 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         ]
         host, port = _split_listen(cfg.listen)
         node.agents = PsapAgents(queues, host=host, port=port, ring_seconds=cfg.ring_seconds, hold_seconds=cfg.hold_seconds)
-        await node.agents.start()
+        try:
+            await node.agents.start()
+        except OSError as exc:
+            node.agents = None
+            raise SystemExit(f"the PSAP agents could not listen on {cfg.listen} (udp): {exc.strerror or exc}") from None
         if console is not None:
             console.print(f"[green]PSAP agents[/green] for {len(queues)} PSAP queues on sip:{host}:{node.agents.port} (udp)")
     if els.esrp is None or els.bcf is None:
@@ -332,7 +339,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
     except OSError as exc:
         await http.aclose()
         node.core = None
-        raise SystemExit(f"the BCF could not listen on {bcf.listen} ({'/'.join(bcf.transports)}): {exc.strerror}") from None
+        raise SystemExit(f"the BCF could not listen on {bcf.listen} ({'/'.join(bcf.transports)}): {exc.strerror or exc}") from None
     if console is not None:
         console.print(
             f"[green]BCF + ESRP[/green] listening on sip:{node.core.advertised_host}:{node.core.port} "
@@ -526,6 +533,13 @@ async def _call_load(node: Node, rate: float, stop: asyncio.Event) -> None:
         return None
 
     async def one(http: httpx.AsyncClient, n: int, i: int) -> None:
+        try:
+            await place(http, n, i)
+        except Exception:  # noqa: BLE001 -- one broken call must not stop the load; it is counted
+            carrier.stats.errors += 1
+            log.exception("demo call %d failed", n)
+
+    async def place(http: httpx.AsyncClient, n: int, i: int) -> None:
         lon, lat, _town = node.callers[i]
         identity = caller_identity(i)
         mode = LocationMode(call_plan_mode(n))

@@ -79,7 +79,7 @@ function showCalls(s) {
   document.querySelector("#calls tbody").replaceChildren(...rows.map((p) => {
     const tr = document.createElement("tr");
     tr.dataset.psap = p.id;
-    const cells = [[p.name, ""], [p.calls.offered, "n offered"], [p.calls.answered, "n answered"],
+    const cells = [[p.name, ""], [p.calls.routed, "n routed"], [p.calls.offered, "n offered"], [p.calls.answered, "n answered"],
       [p.calls.ended, "n ended"], [p.calls.failed_over, "n failed"]];
     for (const [v, cls] of cells) {
       const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.appendChild(td);
