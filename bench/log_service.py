@@ -8,22 +8,16 @@ The client is a minimal HTTP/1.1 keep-alive client over asyncio streams (``CONNE
 connections, one request in flight on each) so that it costs little CPU: client and
 service share this machine's cores. Bodies are signed before the clock starts.
 
-    .venv/bin/python bench/logging.py [--events 4000] [--connections 32] [--skip-postgres]
+    .venv/bin/python bench/log_service.py [--events 4000] [--connections 32] [--skip-postgres]
 
 Target (issue 5): 2,000 events/s (20 events a call at 100 calls a second).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-
-# This file is named like the standard library's ``logging``: run as a script, its directory
-# comes first on sys.path and would shadow it. Take it off before anything imports logging.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse
 import asyncio
 import subprocess
 import tempfile
