@@ -16,10 +16,10 @@ Target (issue 5): 2,000 events/s (20 events a call at 100 calls a second).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import asyncio
+import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
