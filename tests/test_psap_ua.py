@@ -465,3 +465,24 @@ async def test_calls_without_a_usable_location_reach_the_default_psap(demo_state
         await carrier.close()
         await stop_sip(node)
         await http.aclose()
+
+
+async def test_a_911_dial_string_is_recognized_and_routed_by_location(demo_state):
+    from firebox.node import stop_sip
+    from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
+
+    target, state = demo_state
+    node, http = await composed(target, state, {})
+    carrier = Carrier(("127.0.0.1", node.core.port, "udp"))
+    await carrier.start()
+    try:
+        psap = state.psaps[-1]
+        lon, lat = town_of(state, psap.id)
+        dial = f"sip:911@127.0.0.1:{node.core.port};user=phone"
+        result = await carrier.call(CallPlan("tel:+12005550042", lon, lat, LocationMode.VALUE, 0.1, None, dial))
+        assert result.outcome is Outcome.ANSWERED, result
+        assert node.agents.counts[psap.id].answered == 1, node.core.events
+    finally:
+        await carrier.close()
+        await stop_sip(node)
+        await http.aclose()

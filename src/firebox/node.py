@@ -499,7 +499,8 @@ async def _call_load(node: Node, rate: float, stop: asyncio.Event) -> None:
     each caller's INVITE to the BCF over UDP (location by value, by reference to a HELD
     location URI the LIS hands out, or none/garbled), ACKs the answer and hangs up after a
     short hold; at most ``MAX_CALLS`` at once. On ``stop`` no new call starts and calls in
-    progress hang up (bounded by ``DRAIN_SECONDS``)."""
+    progress hang up (bounded by ``DRAIN_SECONDS``). Every tenth call dials
+    ``sip:911@...;user=phone`` rather than ``urn:service:sos``."""
     import httpx
 
     from firebox.held.codec import LocationRequest, LocationResponse
@@ -546,7 +547,9 @@ async def _call_load(node: Node, rate: float, stop: asyncio.Event) -> None:
         uri = await location_uri(http, identity) if mode is LocationMode.REFERENCE else None
         if mode is LocationMode.REFERENCE and uri is None:
             mode = LocationMode.VALUE
-        await carrier.call(CallPlan(identity, lon, lat, mode, rng.uniform(*CALLER_HOLD), uri))
+        # Every tenth call dials 911 as a number: the BCF must recognize it (NENA-STA-010.3 4.1).
+        dial = f"sip:911@{core_host}:{node.core.port};user=phone" if n % 10 == 5 else "urn:service:sos"
+        await carrier.call(CallPlan(identity, lon, lat, mode, rng.uniform(*CALLER_HOLD), uri, dial))
 
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:

@@ -12,6 +12,9 @@ location (RFC 6442) as the plan says:
 * ``none``: no location at all; ``garbled``: a ``cid:`` pointing at a PIDF-LO that does
   not parse. Both must still reach a PSAP (the ESRP's default location).
 
+A plan may dial ``sip:911@...;user=phone`` instead of the service URN (a carrier that does
+not map 911 to ``urn:service:sos``): the BCF recognizes and marks it.
+
 The INVITE is retransmitted on Timer A until a provisional answer (RFC 3261 17.1.1.2); a
 2xx is ACKed within the dialog (13.2.2.4: route set the 2xx's Record-Route reversed,
 12.1.2; Request-URI its Contact) and the ACK re-sent for each 2xx retransmission; a final
@@ -80,6 +83,9 @@ class CallPlan:
     location: LocationMode = LocationMode.VALUE
     hold: float = 2.0
     location_uri: str | None = None
+    #: ``urn:service:sos`` (RFC 5031), or a dial string such as ``sip:911@bcf;user=phone``
+    #: that the BCF must recognize as an emergency call (NENA-STA-010.3 4.1.3).
+    request_uri: str = "urn:service:sos"
 
 
 @dataclass(slots=True)
@@ -177,7 +183,7 @@ class Carrier:
         headers.add("Via", self._via())
         headers.add("Max-Forwards", "70")
         headers.add("From", f"<sip:{number}@{self.domain}>;tag={tag}")
-        headers.add("To", "<urn:service:sos>")
+        headers.add("To", f"<{plan.request_uri}>")
         headers.add("Call-ID", call_id)
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", f"<sip:{number}@{self.host}:{self.port}>")
@@ -204,7 +210,7 @@ class Carrier:
             ctype, body = "application/sdp", sdp
         headers.add("Content-Type", ctype)
         headers.add("Content-Length", str(len(body)))
-        return Request("INVITE", "urn:service:sos", headers, body)
+        return Request("INVITE", plan.request_uri, headers, body)
 
     def _via(self) -> str:
         branch = f"{MAGIC_COOKIE}-car-{secrets.token_hex(8)}"
