@@ -769,7 +769,7 @@ class PsapAgents:
     def _handle(self, message: Message, source: Any) -> None:
         try:
             self._apply(self.core.receive(message, source, self._now()))
-        except Exception:
+        except Exception:  # a stand-in PSAP must not take the loop down: logged and counted
             self.core.stats["errors"] += 1
             log.exception("PSAP agent failed on a message from %s", source)
 
