@@ -486,3 +486,16 @@ async def test_a_911_dial_string_is_recognized_and_routed_by_location(demo_state
         await carrier.close()
         await stop_sip(node)
         await http.aclose()
+
+
+async def test_sipp_caller_cancels_while_it_rings(tmp_path):
+    agents = PsapAgents(QUEUES, port=0, ring_seconds=5.0)
+    await agents.start()
+    try:
+        code, diag = await run_sipp("psap_uac_cancel.xml", agents, tmp_path, "udp", "psap-01")
+        assert code == 0, diag + f"\n{agents.core.stats}"
+        counts = agents.counts["psap-01"]
+        assert (counts.offered, counts.cancelled, counts.answered) == (1, 1, 0)
+        assert agents.core.stats["invite_retransmissions"] == 0
+    finally:
+        await agents.close()
