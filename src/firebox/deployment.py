@@ -2,7 +2,10 @@
 
 It names the authority, its GIS layers (one per service URN), its street centerlines for the
 LVF, its PSAPs (SIP URIs, 10-digit business lines, alternates) and its elements with their
-listen addresses. Later parts of firebox add sections; unknown keys are errors so that a typo
+listen addresses: ECRF, LIS and page over HTTP; the BCF + ESRP over SIP (``elements.bcf``
+names the SIP listen address and transports, ``elements.esrp`` the routing; each needs the
+other); the PSAP user agents (``elements.psap_agents``) answering for every PSAP marked
+``simulated: true``, with ``busy``/``silent`` faults for failover demos. Later parts of firebox add sections; unknown keys are errors so that a typo
 never silently disables something.
 
 Validation errors name the key path *and* the line of the file, e.g.::
