@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -302,7 +302,7 @@ class PolicyStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> PolicyStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -314,13 +314,17 @@ def _head(r: Sequence[Any]) -> PolicyHead:
 
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS policies ("
-    " policy_id TEXT PRIMARY KEY, owner TEXT NOT NULL, policy_type TEXT NOT NULL,"
-    " current INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS policy_versions ("
-    " policy_id TEXT NOT NULL REFERENCES policies (policy_id), version INTEGER NOT NULL,"
-    " owner TEXT NOT NULL, policy_type TEXT NOT NULL, document BLOB NOT NULL,"
-    " expires_us BIGINT, created_us BIGINT NOT NULL, PRIMARY KEY (policy_id, version))",
+    (
+        "CREATE TABLE IF NOT EXISTS policies ("
+        " policy_id TEXT PRIMARY KEY, owner TEXT NOT NULL, policy_type TEXT NOT NULL,"
+        " current INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS policy_versions ("
+        " policy_id TEXT NOT NULL REFERENCES policies (policy_id), version INTEGER NOT NULL,"
+        " owner TEXT NOT NULL, policy_type TEXT NOT NULL, document BLOB NOT NULL,"
+        " expires_us BIGINT, created_us BIGINT NOT NULL, PRIMARY KEY (policy_id, version))"
+    ),
     "CREATE INDEX IF NOT EXISTS policies_owner ON policies (owner, policy_type)",
     "CREATE INDEX IF NOT EXISTS policies_type ON policies (policy_type)",
 )
