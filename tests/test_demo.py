@@ -138,3 +138,67 @@ def test_page_draws_the_towns_and_a_click_asks_the_ecrf(running_demo: str, tmp_p
     # The sos layer's boundaries are the PSAPs' service areas: the answer names one of them.
     assert psaps.get(answer["PSAP"]) == answer["URI"], (answer, psaps)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def _free_udp_tcp_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no free port found")
+
+
+def test_serve_starts_the_bcf_esrp_and_the_psap_agents_a_sipp_carrier_calls(tmp_path: Path):
+    """`firebox serve` on the written demo deployment: SIPp as a carrier calls the BCF and
+    each call is answered by the town's simulated PSAP, through the ESRP."""
+    import shutil
+
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        pytest.fail("sipp is not installed (apt-get install sip-tester); this test needs it")
+    port, sip = _free_port(), _free_udp_tcp_port()
+    written = subprocess.run(
+        [str(FIREBOX), "demo", "--write", str(tmp_path / "w"), "--towns", "40",
+         "--listen", f"127.0.0.1:{port}", "--sip-listen", f"127.0.0.1:{sip}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stdout + written.stderr
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [str(FIREBOX), "serve", str(tmp_path / "w" / "deployment.yaml"), "--duration", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("firebox serve did not start within 60 s")
+        inf = tmp_path / "loc.csv"
+        inf.write_text("SEQUENTIAL\n42.0;-71.5;\n")  # south of every town: the ESRP's default route
+        carrier = subprocess.run(
+            [sipp, "-sf", str(ROOT / "tests" / "sipp" / "esrp_uac.xml"), "-inf", str(inf), "-t", "u1",
+             "-i", "127.0.0.1", "-p", str(_free_udp_tcp_port()), "-m", "3", "-timeout", "20s",
+             "-timeout_error", "-nostdin", f"127.0.0.1:{sip}"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert carrier.returncode == 0, carrier.stdout[-2000:] + carrier.stderr[-2000:] + out
+    assert f"BCF + ESRP listening on sip:127.0.0.1:{sip}" in out, out
+    assert "BCF + ESRP: 3 calls in, 3 answered, 0 failed" in out, out
+    assert "SIP calls per PSAP" in out
