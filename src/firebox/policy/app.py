@@ -62,6 +62,7 @@ from firebox import __version__
 from firebox import jws as jwslib
 from firebox.logging.events import format_timestamp
 from firebox.policy.document import (
+    POLICY_ID,
     DocumentError,
     PolicyDocument,
     Problem,
@@ -273,6 +274,8 @@ class PolicyService:
     async def one(self, request: Request) -> Response:
         """``/Policies/{policyId}``: GET, PUT, DELETE."""
         try:
+            if not POLICY_ID.fullmatch(request.path_params["policyId"]):
+                raise _not_found(request.path_params["policyId"])
             if request.method == "PUT":
                 return await self.update(request)
             if request.method == "DELETE":
@@ -283,9 +286,9 @@ class PolicyService:
 
     async def update(self, request: Request) -> Response:
         policy_id = request.path_params["policyId"]
-        expected = _if_match(request)
         body = await self._body(request)
         doc = self.check(body)
+        expected = _if_match(request)
         if doc.policy_id != policy_id:
             raise Reject(400, "Bad Policy", [Problem("policyId", f"{doc.policy_id!r} is not the policy of this URL")])
         expires = to_micros(doc.expires) if doc.expires else None
