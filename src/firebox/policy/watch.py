@@ -1,0 +1,225 @@
+"""Keeping an element's rules in step with the Policy Store (NENA-STA-010.3 section 4.9: the
+ESRP retrieves its policy routing rules, section 4.2.1, and the BCF its rules, section 4.1,
+from the Policy Store).
+
+``PolicyWatch`` polls ``GET /Policies/{policyId}`` (with ``If-None-Match``, so an unchanged
+policy costs a 304) every ``interval`` seconds. A new version is checked as a retriever must
+(the JWS signature and its x5c chain, the policy id, type and owner, the expiry, and the
+rules by the element's own loader, for ESRP rules against the element's PSAP chains), and
+only then installed, as a whole, by one assignment (``router.rules = ruleset``,
+``bcf.set_rules(rules)``):
+
+* a call already routed keeps the decision it has (``Router.route`` reads the rules once,
+  its failover list is fixed at that moment); the next call uses the new rules;
+* a version that does not pass, a 404 (deleted or expired policy), an error answer, a
+  timeout or a store that is down leave the last good rules in place, logged with the reason
+  (``last_error``): the rules are never emptied because the store cannot be read. The bad
+  version is not looked at again until the store serves another one.
+
+``watch_esrp`` / ``watch_bcf`` build one for an ESRP ``Router`` / a ``Bcf``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from cryptography import x509
+
+from firebox import jws as jwslib
+from firebox.bcf.core import Bcf
+from firebox.bcf.protection import BcfRules
+from firebox.esrp.policy import Chains, RuleSet
+from firebox.esrp.router import Router
+from firebox.policy.document import (
+    BCF_TYPES,
+    ESRP_TYPES,
+    DocumentError,
+    load_rules,
+    parse_policy,
+)
+
+__all__ = ["Installed", "PolicyWatch", "watch_bcf", "watch_esrp"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """What a watch last installed: the policy version and its rules."""
+
+    version: int
+    etag: str
+    rules: Any
+    at: datetime
+
+
+class PolicyWatch:
+    """Polls one policy and installs each new good version with ``install``.
+
+    ``load(policy_type, rules, version)`` turns the policy's rules into the element's rules
+    object (raising ``DocumentError``); ``types`` the policy types accepted; ``owner`` (if
+    given) the ``policyOwner`` required; ``trust`` the anchors the signer's x5c chain must
+    lead to (None: the leaf's key checks integrity only); ``allow_unsigned`` accept
+    ``alg: none``."""
+
+    def __init__(
+        self,
+        url: str,
+        policy_id: str,
+        install: Callable[[Any], object],
+        load: Callable[[str, Any, int], Any],
+        *,
+        types: Collection[str],
+        owner: str | None = None,
+        trust: Sequence[x509.Certificate | bytes] | None = None,
+        allow_unsigned: bool = False,
+        interval: float = 5.0,
+        timeout: float = 2.0,
+        http: httpx.AsyncClient | None = None,
+        name: str = "policy",
+    ):
+        self.url = f"{url.rstrip('/')}/Policies/{quote(policy_id, safe='')}"
+        self.policy_id = policy_id
+        self.install = install
+        self.load = load
+        self.types = frozenset(types)
+        self.owner = owner
+        self.trust = list(trust) if trust is not None else None
+        self.allow_unsigned = allow_unsigned
+        self.interval = interval
+        self.timeout = timeout
+        self.http = http
+        self.name = name
+        self.installed: Installed | None = None
+        #: why the last poll did not install anything new (None: it did, or nothing changed)
+        self.last_error: str | None = None
+        self._seen: str | None = None  # the ETag last looked at, good or bad
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def version(self) -> int | None:
+        return self.installed.version if self.installed else None
+
+    async def poll_once(self) -> bool:
+        """One look at the store; True if a new version was installed."""
+        headers = {"Accept": "application/json"}
+        if self._seen is not None:
+            headers["If-None-Match"] = self._seen
+        http = self.http or httpx.AsyncClient()
+        try:
+            reply = await http.get(self.url, headers=headers, timeout=self.timeout)
+        except (httpx.HTTPError, OSError) as exc:
+            return self._keep(f"store unreachable ({type(exc).__name__}: {exc})")
+        finally:
+            if self.http is None:
+                await http.aclose()
+        if reply.status_code == 304:
+            return False
+        if reply.status_code != 200:
+            return self._keep(f"store answered {reply.status_code}: {_detail(reply)}")
+        etag = reply.headers.get("etag", "")
+        self._seen = etag or None
+        try:
+            version, rules = self._check(reply.content, etag)
+        except ValueError as exc:
+            return self._keep(f"version {etag or '?'} refused: {exc}")
+        self.install(rules)
+        self.installed = Installed(version, etag, rules, datetime.now(UTC))
+        self.last_error = None
+        log.info("%s %s: version %d installed", self.name, self.policy_id, version)
+        return True
+
+    def _check(self, document: bytes, etag: str) -> tuple[int, Any]:
+        """The version number and the element's rules of a served policy (``ValueError``)."""
+        verified = jwslib.verify(document, trust=self.trust, allow_none=self.allow_unsigned)
+        payload = verified.payload
+        try:
+            doc = parse_policy(payload, datetime.now(UTC))
+        except DocumentError as exc:
+            raise ValueError(str(exc)) from None
+        if doc.policy_id != self.policy_id:
+            raise ValueError(f"it is policy {doc.policy_id!r}, not {self.policy_id!r}")
+        if doc.policy_type not in self.types:
+            raise ValueError(f"policyType {doc.policy_type!r} is not one of {', '.join(sorted(self.types))}")
+        if self.owner is not None and doc.owner != self.owner:
+            raise ValueError(f"policyOwner {doc.owner!r} is not {self.owner!r}")
+        version = int(etag[2:-1]) if etag.startswith('"v') and etag[2:-1].isdigit() else 0
+        try:
+            rules = self.load(doc.policy_type, doc.rules, version)
+        except DocumentError as exc:
+            raise ValueError(str(exc)) from None
+        return version, rules
+
+    def _keep(self, why: str) -> bool:
+        kept = f"version {self.installed.version}" if self.installed else "the element's own rules"
+        if why != self.last_error:
+            log.warning("%s %s: %s; keeping %s", self.name, self.policy_id, why, kept)
+        self.last_error = why
+        return False
+
+    async def run(self) -> None:
+        """Poll until cancelled (every ``interval`` seconds; nothing escapes a poll)."""
+        while True:
+            try:
+                await self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive any one failure
+                self._keep(f"poll failed ({type(exc).__name__}: {exc})")
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"policy-watch-{self.policy_id}")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _detail(reply: httpx.Response) -> str:
+    try:
+        data = reply.json()
+    except ValueError:
+        return reply.text[:200]
+    return str(data.get("detail", ""))[:200] if isinstance(data, dict) else reply.text[:200]
+
+
+def watch_esrp(router: Router, url: str, policy_id: str, *, chains: Chains | None = None, **kw: Any) -> PolicyWatch:
+    """A watch installing an ESRP routing policy into ``router.rules`` (its PSAPs checked
+    against ``chains``, by default the router's)."""
+    against = chains if chains is not None else router.chains
+
+    def load(policy_type: str, rules: Any, version: int) -> RuleSet:
+        loaded = load_rules(policy_type, rules, chains=against, version=version)
+        assert isinstance(loaded, RuleSet)
+        return loaded
+
+    def install(rules: RuleSet) -> None:
+        router.rules = rules
+
+    kw.setdefault("name", "ESRP routing policy")
+    return PolicyWatch(url, policy_id, install, load, types=ESRP_TYPES, **kw)
+
+
+def watch_bcf(bcf: Bcf, url: str, policy_id: str, **kw: Any) -> PolicyWatch:
+    """A watch installing BCF rules with ``bcf.set_rules`` (the rules' version is the
+    policy's)."""
+
+    def load(policy_type: str, rules: Any, version: int) -> BcfRules:
+        loaded = load_rules(policy_type, rules, version=version)
+        assert isinstance(loaded, BcfRules)
+        return loaded
+
+    kw.setdefault("name", "BCF rules")
+    return PolicyWatch(url, policy_id, bcf.set_rules, load, types=BCF_TYPES, **kw)
