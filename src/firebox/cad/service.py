@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from firebox.cad.data import AlarmBox
+from firebox.cad.eido import export_incident
 from firebox.cad.model import (
     COMMITTED,
     Action,
@@ -75,8 +76,9 @@ class LvfGeocoder:
 
 
 class Cad:
-    """The CAD of one agency (``agency``, a domain name, also the ``fqdn`` in the incident
-    identifiers it mints)."""
+    """The CAD of one agency: ``fqdn`` is the element's identifier (in the incident
+    identifiers it mints and as the EIDO issuer), ``agency`` the agency's identifier (a
+    domain name; the ``fqdn`` when not given)."""
 
     def __init__(
         self,
@@ -86,9 +88,11 @@ class Cad:
         geocoder: Geocoder | None = None,
         boxes: Mapping[str, AlarmBox] | None = None,
         stations: Mapping[str, Point] | None = None,
+        agency: str | None = None,
     ):
         self.repo = repo
         self.fqdn = fqdn
+        self.agency = agency or fqdn
         self.geocoder = geocoder
         self.boxes: Mapping[str, AlarmBox] = boxes or {}
         self.stations: Mapping[str, Point] = stations or {}
@@ -425,6 +429,14 @@ class Cad:
             self._audit(at, actor, "unit status", unit.id, old=old.value, new=status.value,
                         incident=incident.id if incident else None)  # fmt: skip
         return unit
+
+    # --- EIDO ----------------------------------------------------------------------------
+
+    def eido(self, incident_id: str) -> dict[str, Any]:
+        """The incident as a validated EIDO (NENA-STA-021.1a; ``firebox.cad.eido``)."""
+        incident = self.incident(incident_id)
+        units = {u.id: u for u in self.repo.units()}
+        return export_incident(incident, units, agency=self.agency, issuer=self.fqdn)
 
     # --- helpers ---------------------------------------------------------------------------
 
