@@ -13,6 +13,7 @@ from rich.console import Console
 
 from firebox import __version__
 from firebox.logging.cli import logs_app
+from firebox.policy.cli import policy_app
 
 app = typer.Typer(
     name="firebox",
@@ -25,6 +26,7 @@ lost_app = typer.Typer(help="Ask a LoST server (ECRF) from the command line.", n
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(lost_app, name="lost")
 app.add_typer(logs_app, name="logs")
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 #: Generated callers the demo's LIS holds (population-weighted across the towns).
