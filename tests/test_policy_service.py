@@ -244,3 +244,41 @@ async def test_other_paths_and_methods_answer_problem_json(client):
     versions = (await client.get("/Versions")).json()
     assert versions["versions"][0]["major"] == 1
     assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("firebox Policy Store")
+
+
+def san_signer(names: list[str]) -> Signer:
+    """A signer whose one certificate names ``names`` in its subjectAltName (its CN names no
+    domain). Its issuer's signature is not checked (the store has no trust anchors here)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import NameOID
+
+    s = Signer("none")
+    key = Ed25519PrivateKey.generate()
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some PSAP")])
+    leaf = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, None)
+    )  # fmt: skip
+    s.key, s.x5c = key, [leaf]
+    return s
+
+
+@pytest.mark.parametrize(
+    ("names", "owner", "status"),
+    [
+        (["psap.example.net"], "psap.example.net", 201),
+        (["*.example.net"], "sip:esrp@psap.example.net", 201),
+        (["*.example.net"], "a.psap.example.net", 403),
+        (["other.example.net"], "https://psap.example.net/policies", 403),
+    ],
+)
+async def test_owner_named_in_the_subject_alt_name(store, names, owner, status):
+    signer = san_signer(names)
+    async with client_for(store, trust=None) as c:  # the leaf alone: its names are what is checked
+        reply = await post(c, body(signer, policy("p", RULES, owner=owner)))
+        assert reply.status_code == status, reply.text
