@@ -120,10 +120,10 @@ def test_times_must_be_aware_and_actors_named():
 def test_priority_and_subtype_checks():
     assert check_priority(3) == 3
     for bad in (0, 6, 2.5, True, "1"):
-        with pytest.raises(CadError, match="priority must be an integer from 1"):
+        with pytest.raises(CadError, match="priority: must be an integer from 1"):
             check_priority(bad)  # type: ignore[arg-type]
     check_type(IncidentType.EMS, IncidentSubtype.TRAFFIC_COLLISION)
-    with pytest.raises(CadError, match="'structure fire' is not a police incident"):
+    with pytest.raises(CadError, match="subtype: 'structure fire' is not a police incident"):
         check_type(IncidentType.POLICE, IncidentSubtype.STRUCTURE_FIRE)
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 from pyproj import Geod
 
-from firebox.cad.data import AlarmBox, boxes_from_demo, load_boxes_geojson, units_from_stations
+from firebox.cad.data import (
+    AlarmBox,
+    boxes_from_demo,
+    load_boxes_geojson,
+    units_from_stations,
+)
 from firebox.cad.model import (
     Action,
     CadError,
@@ -36,7 +41,6 @@ from firebox.location.civic import CivicAddress
 from firebox.location.pidf import PidfLocation, Presence, serialize_pidf
 from firebox.location.shapes import Circle, Point
 from firebox.logging.events import new_call_id, new_incident_id
-
 
 T0 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC)
 FQDN = "cad.demo.firebox.test"
@@ -122,7 +126,7 @@ def test_call_with_a_civic_pidf_is_geocoded_and_bad_input_is_named(repo, state: 
     assert inc.location.civic == civic and inc.location.validated is True
     assert inc.location.point == lvf.geocode(civic)
     assert inc.id.startswith("urn:emergency:uid:incidentid:") and inc.id.endswith(":" + FQDN)
-    with pytest.raises(CadError, match="call_id must be urn:emergency:uid:callid"):
+    with pytest.raises(CadError, match="call_id: must be urn:emergency:uid:callid"):
         cad.incident_from_call(at=t(0), actor="ct1", call_id="1234", type=IncidentType.EMS,
                                subtype=IncidentSubtype.MEDICAL, priority=2)  # fmt: skip
     with pytest.raises(CadError, match="pidf: "):

@@ -185,9 +185,9 @@ def _reference_problems(doc: dict[str, Any]) -> list[EidoProblem]:
                 problems.append(EidoProblem(f"{path}['$id']", f"{node['$id']!r} is also the $id of {ids[node['$id']]}"))
             ids.setdefault(node["$id"], path)
     for path, node in _walk(doc, "$"):
-        if isinstance(node, dict) and set(node) == {"$ref"} and isinstance(node["$ref"], str):
-            if node["$ref"] not in ids:
-                problems.append(EidoProblem(f"{path}['$ref']", f"{node['$ref']!r} is the $id of no component"))
+        ref = node.get("$ref") if isinstance(node, dict) and len(node) == 1 else None
+        if isinstance(ref, str) and ref not in ids:
+            problems.append(EidoProblem(f"{path}['$ref']", f"{node['$ref']!r} is the $id of no component"))
     return problems
 
 

@@ -77,13 +77,13 @@ SUBTYPE_TYPES: dict[IncidentSubtype, frozenset[IncidentType]] = {
 def check_type(type_: IncidentType, subtype: IncidentSubtype) -> None:
     if type_ not in SUBTYPE_TYPES[subtype]:
         allowed = ", ".join(sorted(SUBTYPE_TYPES[subtype]))
-        raise CadError(f"subtype {subtype.value!r} is not a {type_.value} incident (it is: {allowed})")
+        raise CadError(f"subtype: {subtype.value!r} is not a {type_.value} incident (it is: {allowed})")
 
 
 def check_priority(priority: int) -> int:
     """Priority 1 (most urgent) to 5."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 5:
-        raise CadError(f"priority must be an integer from 1 (most urgent) to 5, not {priority!r}")
+        raise CadError(f"priority: must be an integer from 1 (most urgent) to 5, not {priority!r}")
     return priority
 
 

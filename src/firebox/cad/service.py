@@ -152,10 +152,10 @@ class Cad:
         BCF gave one (NENA-STA-010.3 2.1.8: one identifier follows the incident through every
         element's logs), else a new one."""
         if (why := check_uid(call_id, "callid")) is not None:
-            raise CadError(f"call_id {why}")
+            raise CadError(f"call_id: {why}")
         if incident_tracking_id is not None:
             if (why := check_uid(incident_tracking_id, "incidentid")) is not None:
-                raise CadError(f"incident_tracking_id {why}")
+                raise CadError(f"incident_tracking_id: {why}")
             if self.repo.get_incident(incident_tracking_id) is not None:
                 raise CadError(
                     f"incident {incident_tracking_id} already exists: link the call to it instead"
@@ -301,7 +301,7 @@ class Cad:
     ) -> Incident:
         """Tie another call (a second caller for the same fire) to an incident."""
         if (why := check_uid(call_id, "callid")) is not None:
-            raise CadError(f"call_id {why}")
+            raise CadError(f"call_id: {why}")
         incident = self._open(incident_id, "link a call to")
         if any(c.call_id == call_id for c in incident.calls):
             raise CadError(f"call {call_id} is already linked to incident {incident_id}")
