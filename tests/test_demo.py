@@ -66,6 +66,17 @@ def test_bounded_demo_run_prints_a_summary(tmp_path: Path):
     assert calls >= answered > 0 and unanswered == 0, out
     assert re.search(r"BCF \+ ESRP: \d+ calls in, \d+ answered, 0 failed, failovers \d+", out), out
     assert "SIP calls per PSAP" in out
+    # Every call's i3 log events reached the demo's Logging Service, whose chain verifies.
+    m = re.search(r"i3 log events: (\d+) logged by the ESRP, all delivered; the Logging Service holds (\d+), "
+                  r"hash chain verified", out)  # fmt: skip
+    assert m, out
+    logged, stored = map(int, m.groups())
+    assert logged >= 10 * answered and stored == logged, out
+    verify = subprocess.run(
+        [str(FIREBOX), "logs", "verify", "--db", str(tmp_path / "demo" / "var" / "logging.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0 and f"{stored} log events" in verify.stdout, verify.stdout + verify.stderr
     # The state it ran on was written where asked, and loads as a deployment file.
     assert (tmp_path / "demo" / "deployment.yaml").exists()
     check = subprocess.run(

@@ -172,3 +172,50 @@ def test_esrp_without_an_ecrf_needs_a_lost_server():
     assert any("elements.esrp: no ECRF to ask" in p for p in exc.value.problems), exc.value.problems
     ok = parse_deployment(text.replace("    default_psap: psap-02\n", "    default_psap: psap-02\n    lost: http://127.0.0.1:7071/lost\n"))
     assert ok.elements.esrp is not None and ok.elements.esrp.lost == "http://127.0.0.1:7071/lost"
+
+
+# -- the ESRP's options, the Logging Service and log events ----------------------------------
+
+LOGGED = SIP.replace(
+    "    default_psap: psap-02\n",
+    "    default_psap: psap-02\n    overload: {capacity: 10, queue_limit: 5}\n    divert_to: sip:divert@media.example\n",
+) + """\
+  logging:
+    listen: 127.0.0.1:7072
+    store: var/logging.db
+  log_events:
+    spool: var/log-spool
+"""
+
+
+def test_logging_and_esrp_options_load_and_round_trip():
+    dep = parse_deployment(LOGGED)
+    els = dep.elements
+    assert els.esrp is not None and els.esrp.overload is not None and els.esrp.overload.capacity == 10
+    assert els.esrp.divert_to == "sip:divert@media.example" and els.esrp.provisional_timeout_seconds == 0.5
+    assert els.logging is not None and els.logging.store == "var/logging.db"
+    assert els.log_events is not None and els.log_events.services == []
+    assert parse_deployment(dump_deployment(dep)).model_dump() == dep.model_dump()
+    from firebox.node import log_event_urls
+
+    assert log_event_urls(dep) == ["http://127.0.0.1:7072"]  # its own Logging Service by default
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("    divert_to: sip:divert@media.example\n", "    divert_to: divert@media\n",
+         "elements.esrp.divert_to: 'divert@media' is not a sip: or sips: URI"),
+        ("{capacity: 10, queue_limit: 5}", "{capacity: 0, queue_limit: 5}",
+         "elements.esrp.overload.capacity: Input should be greater than or equal to 1"),
+        ("  logging:\n    listen: 127.0.0.1:7072\n    store: var/logging.db\n", "",
+         "elements.log_events.services: no Logging Service to send to"),
+        ("    spool: var/log-spool\n", "    spool: var/log-spool\n    services: [ftp://x]\n",
+         "elements.log_events.services[0]"),
+    ],
+)  # fmt: skip
+def test_logging_errors_name_the_key(old, new, expected):
+    assert old in LOGGED
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(LOGGED.replace(old, new, 1))
+    assert any(expected in p and " line " in p for p in exc.value.problems), exc.value.problems

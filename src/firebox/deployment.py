@@ -206,6 +206,40 @@ class BcfConfig(_Model):
         return v
 
 
+class OverloadConfig(_Model):
+    """The ESRP's places (``firebox.sip.overload.OverloadGuard``): calls routed at once,
+    calls that may wait, extra waiting places for emergency calls; beyond, 503 with
+    Retry-After and a callback record."""
+
+    capacity: int = Field(default=500, ge=1)
+    queue_limit: int = Field(default=1000, ge=0)
+    emergency_reserve: int | None = Field(default=None, ge=0)
+    retry_after_seconds: int = Field(default=5, ge=0, le=3600)
+
+
+class LoggingServiceConfig(_Model):
+    """A Logging Service this node runs (NENA-STA-010.3 section 4.12): ``store`` is a
+    SQLite file (relative to this file) or a ``sqlite:///``/``postgresql://`` URL."""
+
+    listen: Listen = "127.0.0.1:7070"
+    store: str = "var/logging.db"
+    allow_unsigned: bool = True
+
+
+class LogEventsConfig(_Model):
+    """Where this node's elements send their i3 log events: each Logging Service in
+    ``services`` (none: this node's own ``elements.logging``), through the durable local
+    ``spool`` while none answers. ``signing_key``: a PEM Ed25519/Ed448 private key (with
+    ``certificate`` for the x5c chain); none: unsigned (``alg: none``)."""
+
+    services: list[HttpUrl] = []
+    spool: Path = Path("var/log-spool")
+    signing_key: Path | None = None
+    certificate: Path | None = None
+    #: Log every SIP message of a call (CallSignalingMessageLogEvent), not only its story.
+    signaling: bool = True
+
+
 class EsrpConfig(_Model):
     """The ESRP behind the BCF (NENA-STA-010.3 section 4.2): LoST to the ECRF (this node's,
     in-process, unless ``lost`` names a LoST server), HELD dereference of location URIs,
@@ -217,8 +251,23 @@ class EsrpConfig(_Model):
     lost: HttpUrl | None = None
     held_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
     lost_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
-    #: A destination that sends no provisional answer within this time is failed over.
-    provisional_timeout_seconds: float = Field(default=1.0, gt=0, le=32)
+    #: A destination that sends no provisional answer within this time is failed over
+    #: (the issue's 500 ms: well under Timer B's 32 s, above a PSAP's usual 100 Trying).
+    provisional_timeout_seconds: float = Field(default=0.5, gt=0, le=32)
+    #: Admission control (RFC 7339); none: no limit.
+    overload: OverloadConfig | None = None
+    #: Where calls the BCF diverts go first (an announcement and callback service).
+    divert_to: str | None = None
+    #: Follow each PSAP queue's emergency-QueueState (RFC 6665 SUBSCRIBE).
+    subscribe_queue_state: bool = True
+    state_expires_seconds: int = Field(default=600, ge=60, le=86400)
+
+    @field_validator("divert_to")
+    @classmethod
+    def _divert_sip(cls, v: str | None) -> str | None:
+        if v is not None and not SIP_URI.match(v):
+            raise ValueError(f"'{v}' is not a sip: or sips: URI")
+        return v
 
 
 class PsapAgentsConfig(_Model):
@@ -240,6 +289,8 @@ class Elements(_Model):
     bcf: BcfConfig | None = None
     esrp: EsrpConfig | None = None
     psap_agents: PsapAgentsConfig | None = None
+    logging: LoggingServiceConfig | None = None
+    log_events: LogEventsConfig | None = None
 
 
 class Deployment(_Model):
@@ -287,6 +338,11 @@ class Deployment(_Model):
                 problems.append((("elements", "esrp", "default_psap"), f"unknown PSAP id '{els.esrp.default_psap}'"))
             if not self.psaps:
                 problems.append((("elements", "esrp"), "no PSAPs to route calls to"))
+        if els.log_events is not None and not els.log_events.services and els.logging is None:
+            problems.append((("elements", "log_events", "services"),
+                             "no Logging Service to send to: list services or add elements.logging"))  # fmt: skip
+        if els.log_events is not None and els.log_events.certificate is not None and els.log_events.signing_key is None:
+            problems.append((("elements", "log_events", "certificate"), "a certificate needs its signing_key"))
         simulated = {p.id for p in self.psaps if p.simulated}
         if els.psap_agents is None:
             for n, psap in enumerate(self.psaps):

@@ -46,6 +46,8 @@ MAX_CALLS = 200
 CALLER_HOLD = (1.0, 5.0)
 #: How long (s), at most, the end of a run waits for calls in progress to finish.
 DRAIN_SECONDS = 8.0
+#: How long a stopping node waits for its log events to reach the Logging Services.
+LOG_DRAIN_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,13 @@ class Node:
     core: EmergencyCore | None = None
     agents: PsapAgents | None = None
     calls: CarrierStats | None = None
+    #: The Logging Service's store (``elements.logging``) and the senders of log events.
+    log_store: Any = None
+    log_sender: Any = None
+    #: What the run's i3 logging did, for the summary: events logged, delivered everywhere
+    #: (before the stop), left in the spool, stored by this node's Logging Service, and
+    #: whether its hash chain verifies.
+    log_figures: dict[str, Any] = field(default_factory=dict)
 
 
 def _source(dep: Deployment, element: str) -> str:
@@ -198,7 +207,40 @@ def _apps(node: Node) -> dict[str, Any]:
         from firebox.web.page import page_routes
 
         routes.setdefault(els.web.listen, []).extend(page_routes(node))
+    if els.logging is not None:
+        from starlette.routing import Mount
+
+        from firebox.logging.service import create_app
+        from firebox.logging.store import open_store
+
+        node.log_store = open_store(_store_url(node.deployment, els.logging.store))
+        logging_app = create_app(
+            node.log_store, fqdn=_source(node.deployment, "logging"), allow_none=els.logging.allow_unsigned
+        )
+        # The Logging Service's paths (/LogEvents, /Versions...) sit at the root, behind the
+        # other elements' routes on the same address.
+        routes.setdefault(els.logging.listen, []).append(Mount("/", app=logging_app))
     return {listen: Starlette(routes=r) for listen, r in routes.items()}
+
+
+def _store_url(dep: Deployment, store: str) -> str:
+    """A Logging Service store: a URL as is, a bare path relative to the deployment file."""
+    if "://" in store:
+        return store
+    path = dep.resolve(Path(store))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def log_event_urls(dep: Deployment) -> list[str]:
+    """Where this node's elements send i3 log events (``elements.log_events``)."""
+    els = dep.elements
+    if els.log_events is None:
+        return []
+    if els.log_events.services:
+        return list(els.log_events.services)
+    assert els.logging is not None  # deployment cross-check
+    return [f"http://{els.logging.listen}"]
 
 
 # --- running ------------------------------------------------------------------------------
@@ -255,6 +297,10 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
         for s in servers:
             s.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
+        if node.log_store is not None:
+            node.log_figures["stored"] = node.log_store.count()
+            node.log_figures["chain_ok"] = node.log_store.verify() is None
+            node.log_store.close()
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -323,6 +369,17 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         held_timeout=esrp.held_timeout_seconds,
         lost_timeout=esrp.lost_timeout_seconds,
     )
+    call_log = None
+    if els.log_events is not None:
+        call_log = _call_logger(node)
+    overload = None
+    if esrp.overload is not None:
+        from firebox.sip.overload import OverloadGuard
+
+        oc = esrp.overload
+        overload = OverloadGuard(
+            oc.capacity, oc.queue_limit, emergency_reserve=oc.emergency_reserve, retry_after=oc.retry_after_seconds
+        )
     host, port = _split_listen(bcf.listen)
     node.core = EmergencyCore(
         Bcf(f"bcf.{domain}", sources=bcf.sources, rate=RateLimit(bcf.rate_per_second, bcf.burst)),
@@ -333,6 +390,12 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         resolve=sip_resolver(node),
         no_provisional_timeout=esrp.provisional_timeout_seconds,
         advertised_host=bcf.advertised_host,
+        call_log=call_log,
+        overload=overload,
+        element_id=f"esrp.{domain}",
+        subscribe_to=[p.uri for p in dep.psaps] if esrp.subscribe_queue_state else (),
+        state_expires=esrp.state_expires_seconds,
+        divert_to=esrp.divert_to,
     )
     try:
         await node.core.start()
@@ -389,11 +452,48 @@ def default_point(node: Node, psap_uri: str | None) -> Any:
     return Point(p.y, p.x)
 
 
+def _call_logger(node: Node) -> Any:
+    """The ESRP's i3 log events: a ``CallLogger`` over a ``LogSender`` (signed when the
+    deployment gives a key) with its durable spool."""
+    from firebox.esrp.logevents import CallLogger
+    from firebox.logging.sender import LogSender
+
+    dep = node.deployment
+    cfg = dep.elements.log_events
+    assert cfg is not None
+    key = x5c = None
+    if cfg.signing_key is not None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key = load_pem_private_key(dep.resolve(cfg.signing_key).read_bytes(), password=None)
+        if cfg.certificate is not None:
+            x5c = x509.load_pem_x509_certificates(dep.resolve(cfg.certificate).read_bytes())
+    spool = dep.resolve(cfg.spool) / "esrp"
+    spool.mkdir(parents=True, exist_ok=True)
+    element_id = _source(dep, "esrp")
+    node.log_sender = LogSender(log_event_urls(dep), str(spool), key, element_id, x5c=x5c)  # type: ignore[arg-type]
+    node.log_sender.start()
+    return CallLogger(node.log_sender, element_id=element_id, agency_id=dep.authority.domain, signaling=cfg.signaling)
+
+
 async def stop_sip(node: Node) -> None:
     if node.core is not None:
-        await node.core.close()
+        await node.core.close()  # spools what its call logger still holds
     if node.agents is not None:
         await node.agents.close()
+    if node.log_sender is not None:
+        # Deliver what the run logged (bounded); the rest stays in the spool for next time.
+        drained = True
+        try:
+            await node.log_sender.drain(timeout=LOG_DRAIN_SECONDS)
+        except TimeoutError:
+            drained = False
+        logged = node.core.call_log.sent if node.core is not None and node.core.call_log is not None else []
+        node.log_figures.update(logged=len(logged), delivered=drained,
+                                rejected=len(node.log_sender.rejections))  # fmt: skip
+        await node.log_sender.aclose()
+        node.log_sender = None
 
 
 def attach_callers(node: Node, callers: list[tuple[float, float, str]]) -> None:
@@ -717,6 +817,16 @@ def print_call_summary(node: Node, console: Console) -> None:
             + (", ".join(f"{k} {v}" for k, v in sorted(how.items())) or "-"),
             highlight=False,
         )
+    f = node.log_figures
+    if f:
+        console.print(
+            f"i3 log events: {f.get('logged', 0)} logged by the ESRP, "
+            + ("all delivered" if f.get("delivered") else "not all delivered before the stop (kept in the spool)")
+            + (f", {f['rejected']} rejected" if f.get("rejected") else "")
+            + (f"; the Logging Service holds {f['stored']}, hash chain "
+               + ("verified" if f.get("chain_ok") else "BROKEN") if "stored" in f else ""),
+            highlight=False,
+        )  # fmt: skip
     rows = [r for r in psap_call_counts(node) if r["offered"] or r["routed"]]
     if rows:
         table = Table("PSAP", "offered", "answered", "ended", "by PSAP", "business line", "failed over", title="SIP calls per PSAP")
@@ -771,7 +881,10 @@ def demo_deployment(
             "lis": {"listen": listen},
             "web": {"listen": listen},
             "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"}},
-            "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test"},
+            "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test", "overload": {"capacity": 400, "queue_limit": 400}},
+            # The state's Logging Service, on the page's address; the ESRP logs every call to it.
+            "logging": {"listen": listen, "store": "var/logging.db"},
+            "log_events": {"spool": "var/log-spool"},
             "psap_agents": {
                 "listen": agents_listen,
                 "ring_seconds": 0.3,
