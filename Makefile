@@ -29,6 +29,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/ecrf.py
+	$(PY) bench/esrp.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache var
