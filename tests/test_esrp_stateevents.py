@@ -52,8 +52,9 @@ async def state_core(node, net: Net, default, subscribe_to=()) -> EmergencyCore:
     return core
 
 
-async def until(predicate, what: str) -> None:
-    for _ in range(int(WAIT / 0.02)):
+async def until(predicate, what: str, timeout: float = 4 * WAIT) -> None:
+    """Wait (bounded) for ``predicate``: SIPp's start-up on a busy machine takes a while."""
+    for _ in range(int(timeout / 0.02)):
         if predicate():
             return
         await asyncio.sleep(0.02)

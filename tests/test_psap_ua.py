@@ -298,7 +298,60 @@ def test_message_options_and_unknown_methods():
     assert resp.status == 200 and "INVITE" in (resp.headers.get("Allow") or "")
     sub = Request("SUBSCRIBE", "sip:psap-01@127.0.0.1:5099", base.headers.copy())
     sub.headers.set("CSeq", "1 SUBSCRIBE")
-    assert replies(c.receive(sub, "src", 0.0))[0].status == 405
+    (resp,) = replies(c.receive(sub, "src", 0.0))  # no Event: not a package we serve
+    assert resp.status == 489 and resp.headers.get("Allow-Events") == "emergency-QueueState"
+    refer = Request("REFER", "sip:psap-01@127.0.0.1:5099", base.headers.copy())
+    refer.headers.set("CSeq", "1 REFER")
+    assert replies(c.receive(refer, "src", 0.0))[0].status == 405
+
+
+def subscribe(expires: int = 600) -> Request:
+    base = invite()
+    sub = Request("SUBSCRIBE", "sip:psap-01@psap.demo.firebox.test", base.headers.copy())
+    sub.headers.remove("Route")
+    sub.headers.remove("Record-Route")
+    sub.headers.set("CSeq", "1 SUBSCRIBE")
+    sub.headers.set("Event", "emergency-QueueState")
+    sub.headers.set("Expires", str(expires))
+    sub.headers.set("Contact", "<sip:198.51.100.7:5070>")
+    sub.headers.set("To", "<sip:psap-01@psap.demo.firebox.test>")
+    sub.headers.set("Call-ID", "sub-1")
+    return sub
+
+
+def test_a_queue_notifies_its_state_and_each_change_once_per_interval():
+    """RFC 6665 / NENA-STA-010.3 4.2.1.3: 200 and a NOTIFY with the state at once; a new
+    call makes the queue one longer, notified after the publish interval, not per call."""
+    import json
+
+    c = core(publish_seconds=1.0, max_queue=2)
+    actions = c.receive(subscribe(), "src", 0.0)
+    (ok,) = replies(actions)
+    assert ok.status == 200 and ok.headers.get("Expires") == "600"
+    (notify,) = [a for a in actions if isinstance(a, SendRequest)]
+    assert notify.request.method == "NOTIFY" and notify.destination == ("198.51.100.7", 5070, "udp")
+    assert json.loads(notify.request.body) == {
+        "queueUri": "sip:psap-01@psap.demo.firebox.test", "queueLength": 0, "queueMaxLength": 2, "state": "Active",
+    }  # fmt: skip
+    timers = [a for a in actions if isinstance(a, StartTimer) and a.name is TimerName.PUBLISH]
+    assert len(timers) == 1 and timers[0].delay == 1.0  # the rate limit's clock starts
+    # two calls within the interval: no more timers, one NOTIFY when it is over
+    for n in (1, 2):
+        actions = c.receive(invite(call_id=f"q-{n}", branch=f"z9hG4bK-q{n}"), "src", 0.1 * n)
+        assert not [a for a in actions if isinstance(a, StartTimer) and a.name is TimerName.PUBLISH]
+    (notify,) = [a for a in c.timer(timers[0].key, TimerName.PUBLISH, 1.1) if isinstance(a, SendRequest)]
+    body = json.loads(notify.request.body)
+    assert body["queueLength"] == 2 and body["state"] == "Full"
+    assert notify.request.headers.get("Subscription-State").startswith("active;expires=")
+    # nothing changed since: the next publish sends nothing
+    c.receive(invite(call_id="q-1", branch="z9hG4bK-q1"), "src", 1.5)  # a retransmission
+    assert not [a for a in c.timer(timers[0].key, TimerName.PUBLISH, 2.6) if isinstance(a, SendRequest)]
+
+
+def test_a_busy_queue_says_it_is_full():
+    c = core()
+    c.queues["psap-01"] = Queue("psap-01", "sip:psap-01@psap.demo.firebox.test", mode=AgentMode.BUSY)
+    assert c.queue_state(c.queues["psap-01"]).state.value == "Full"
 
 
 # -- the asyncio adapter against SIPp -------------------------------------------------------
@@ -391,8 +444,10 @@ def demo_state(tmp_path_factory):
     return target, state
 
 
-async def composed(target: Path, state, faults: dict[str, str]):
-    """The demo's deployment with ``faults``, its SIP elements started (no HTTP)."""
+async def composed(target: Path, state, faults: dict[str, str], *, queue_state: bool = False):
+    """The demo's deployment with ``faults``, its SIP elements started (no HTTP). Without
+    ``queue_state`` the ESRP does not follow the queues' QueueState, so that a faulty PSAP
+    is found out by the call itself (failover)."""
     import yaml
     from rich.console import Console
 
@@ -405,6 +460,8 @@ async def composed(target: Path, state, faults: dict[str, str]):
     data["elements"]["bcf"]["transports"] = ["udp"]
     data["elements"]["psap_agents"]["faults"] = faults
     data["elements"]["psap_agents"]["hold_seconds"] = 0.2
+    data["elements"]["esrp"]["subscribe_queue_state"] = queue_state
+    data["elements"].pop("log_events", None)  # not what these tests are about
     dep = parse_deployment(yaml.safe_dump(data), base=target / "deployment.yaml")
     node = build_node(dep, console=Console(quiet=True))
     http = await start_sip(node)
@@ -437,6 +494,39 @@ async def test_a_faulty_psap_fails_over_to_its_alternate_and_the_call_is_answere
         assert node.core.stats["failovers"] == 1
         assert node.core.destinations[psap.uri]["failed"] == 1
         assert carrier.stats.answered == 1 and carrier.stats.unanswered == 0
+    finally:
+        await carrier.close()
+        await stop_sip(node)
+        await http.aclose()
+
+
+async def test_the_esrp_follows_queue_states_and_skips_a_full_queue(demo_state):
+    """With QueueState subscriptions (RFC 6665, NENA-STA-010.3 4.2.1.3) the ESRP learns that
+    a busy PSAP's queue is Full and sends its call straight to the alternate: no 503 first."""
+    from datetime import UTC, datetime
+
+    from firebox.node import stop_sip
+    from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
+
+    target, state = demo_state
+    psap = next(p for p in state.psaps if p.alternates)
+    node, http = await composed(target, state, {psap.id: "busy"}, queue_state=True)
+    carrier = Carrier(("127.0.0.1", node.core.port, "udp"))
+    await carrier.start()
+    try:
+        states = node.core.router.states
+        for _ in range(250):  # bounded wait for every queue's first NOTIFY
+            if all(states.queue(p.uri, datetime.now(UTC)) is not None for p in state.psaps):
+                break
+            await asyncio.sleep(0.02)
+        held = states.queue(psap.uri, datetime.now(UTC))
+        assert held is not None and held.state.value == "Full"
+        lon, lat = town_of(state, psap.id)
+        result = await carrier.call(CallPlan("tel:+12005550002", lon, lat, LocationMode.VALUE, hold=0.1))
+        assert result.outcome is Outcome.ANSWERED
+        assert node.agents.counts[psap.id].offered == 0  # never tried
+        assert node.agents.counts[psap.alternates[0]].answered == 1
+        assert node.core.stats["failovers"] == 0
     finally:
         await carrier.close()
         await stop_sip(node)

@@ -28,6 +28,14 @@ response again (17.2.1); ACKs of non-2xx answers are absorbed (17.2.1).
 Each queue counts calls offered, answered, ended (and of those, ended by the PSAP),
 cancelled, rejected and left unanswered, in ``counts``.
 
+Each queue is also the notifier of its ``emergency-QueueState`` (NENA-STA-010.3 section
+4.2.1.3, RFC 6665 through ``firebox.sip.subscription.Notifier``): an ESRP's SUBSCRIBE to the
+queue URI is answered 200 and a NOTIFY with the state (``queueLength`` the calls ringing or
+up, ``queueMaxLength`` from ``max_queue``, ``Full`` when busy or at the maximum, else
+``Active``); changes are notified at most once per ``publish_seconds``. NOTIFYs are sent
+once, without retransmission: a lost one leaves the ESRP a stale state, which it treats as
+unknown after its maximum age.
+
 Deliberately simple: no media, no server-transaction objects (the call record keeps the
 last response, which is what 17.2.1 needs of a UAS on one hop), no PRACK, no session
 timers. The PSAP call-handling element will grow out of this.
@@ -45,13 +53,16 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from firebox.esrp.states import EVENT_QUEUE_STATE, QueueState, QueueStateValue
 from firebox.psap.sdp import SdpError, answer_sdp, offer_sdp, parse_sdp
 from firebox.sip.address import SipUri, parse_name_addr, parse_uri
 from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, make_response
 from firebox.sip.multipart import parse_media_type, parse_multipart
+from firebox.sip.subscription import Notifier, NotifierEvent, SubscriptionStarted
 from firebox.sip.transaction import MAGIC_COOKIE
+from firebox.sip.transaction import Send as NotifierSend
 
 __all__ = [
     "Action",
@@ -75,7 +86,7 @@ log = logging.getLogger(__name__)
 #: RFC 3261 section 17.1.1.1 timer values (seconds).
 T1 = 0.5
 T2 = 4.0
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, SUBSCRIBE"
 ACCEPT = "application/sdp, multipart/mixed, application/pidf+xml, text/plain"
 #: ``(host, port, transport)`` of a next hop.
 Address = tuple[str, int, str]
@@ -109,6 +120,7 @@ class TimerName(StrEnum):
     RETRANSMIT_BYE = "BYE retransmit"  # Timer E (17.1.2.2)
     BYE_TIMEOUT = "BYE timeout"  # Timer F
     FORGET = "forget"  # drop the finished call's record
+    PUBLISH = "publish"  # notify changed queue states (rate limit)
 
 
 # -- actions (what the adapter must do) --------------------------------------------------
@@ -331,6 +343,8 @@ class PsapAgentCore:
         hold_seconds: float | None = None,
         rtp_base: int = 20000,
         token: Callable[[], str] = lambda: secrets.token_hex(6),
+        max_queue: int = 20,
+        publish_seconds: float = 1.0,
     ) -> None:
         self.queues = {q.psap_id: q for q in queues}
         self.host = host
@@ -355,6 +369,12 @@ class PsapAgentCore:
         self._by_branch: dict[tuple[str, str], Call] = {}  # (Call-ID, INVITE branch)
         self._sessions = itertools.count(1)
         self._ports = itertools.cycle(range(rtp_base, rtp_base + 10000, 4))
+        self.max_queue = max_queue
+        self.publish_seconds = publish_seconds
+        #: QueueState notifiers by PSAP id, made at the first SUBSCRIBE (the port is known).
+        self.notifiers: dict[str, Notifier] = {}
+        self._published: dict[str, bytes] = {}
+        self._publish_pending = False
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -399,7 +419,7 @@ class PsapAgentCore:
         try:
             if isinstance(message, Response):
                 return self._on_response(message, now)
-            return self._on_request(message, source, now)
+            return self._on_request(message, source, now) + self._schedule_publish()
         except SipParseError as error:
             self.stats["bad_messages"] += 1
             if isinstance(message, Request) and message.method != "ACK":
@@ -431,6 +451,8 @@ class PsapAgentCore:
                 return [Reply(make_response(request, 404, to_tag=self._token()), source)]
             self.counts[found[0].psap_id].messages += 1
             return [Reply(make_response(request, 200, to_tag=self._token()), source)]
+        if method == "SUBSCRIBE":
+            return self._subscribe(request, source, now)
         if method in ("INFO", "UPDATE"):
             call = self.call_for(request.call_id, request.to_tag)
             status = 200 if call is not None and call.state in _LIVE else 481
@@ -608,6 +630,10 @@ class PsapAgentCore:
 
     def _on_response(self, response: Response, now: float) -> list[Action]:
         number, method = response.cseq
+        if method == "NOTIFY":
+            for notifier in self.notifiers.values():
+                self._notifier_actions(notifier.handle_response(response, now), None)
+            return []
         call = self.call_for(response.call_id, response.from_tag)
         if method != "BYE" or call is None or call.state is not CallState.HANGING_UP:
             self.stats["stray_responses"] += 1
@@ -622,6 +648,12 @@ class PsapAgentCore:
 
     def timer(self, key: str, name: TimerName, now: float) -> list[Action]:
         """A timer started by a ``StartTimer`` has fired. Stale timers are ignored."""
+        if name is TimerName.PUBLISH:
+            self._publish_pending = False
+            return self._publish(now)
+        return self._call_timer(key, name, now) + self._schedule_publish()
+
+    def _call_timer(self, key: str, name: TimerName, now: float) -> list[Action]:
         call = self._calls.get(key)
         if call is None:
             return []
@@ -647,6 +679,61 @@ class PsapAgentCore:
         if name is TimerName.FORGET and call.state in _FINISHED:
             self._forget(call)
         return []
+
+    # -- QueueState (RFC 6665 notifier per queue) ------------------------------------------
+
+    def queue_state(self, queue: Queue) -> QueueState:
+        """The queue's state now: calls ringing or up, against ``max_queue``."""
+        length = sum(1 for c in self._calls.values() if c.queue is queue and c.state in _QUEUED)
+        full = queue.mode is AgentMode.BUSY or length >= self.max_queue
+        state = QueueStateValue.FULL if full else QueueStateValue.ACTIVE
+        return QueueState(queue.uri, length, self.max_queue, state)
+
+    def _subscribe(self, request: Request, source: Any, now: float) -> list[Action]:
+        found = self.queue_for(request)
+        if found is None:
+            self.stats["unknown_queue"] += 1
+            return [Reply(make_response(request, 404, to_tag=self._token()), source)]
+        queue = found[0]
+        notifier = self.notifiers.get(queue.psap_id)
+        if notifier is None:
+            contact = self._contact(queue).strip("<>")
+            notifier = self.notifiers[queue.psap_id] = Notifier(EVENT_QUEUE_STATE, queue.uri, contact)
+        body = self.queue_state(queue).to_json().encode()
+        self._published[queue.psap_id] = body
+        return self._notifier_actions(notifier.handle_subscribe(request, now, body), source)
+
+    def _notifier_actions(self, events: list[NotifierEvent], source: Any) -> list[Action]:
+        actions: list[Action] = []
+        for event in events:
+            if isinstance(event, NotifierSend):
+                message = event.message
+                if isinstance(message, Response):
+                    actions.append(Reply(message, source))
+                else:
+                    to = _next_hop(message)
+                    if to is not None:
+                        actions.append(SendRequest(message, to))
+            elif isinstance(event, SubscriptionStarted):
+                self.stats["subscriptions"] += 1
+        return actions
+
+    def _schedule_publish(self) -> list[Action]:
+        if not self.notifiers or self._publish_pending:
+            return []
+        self._publish_pending = True
+        return [StartTimer("queue-state", TimerName.PUBLISH, self.publish_seconds)]
+
+    def _publish(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for psap_id, notifier in self.notifiers.items():
+            body = self.queue_state(self.queues[psap_id]).to_json().encode()
+            if body != self._published.get(psap_id):
+                self._published[psap_id] = body
+                actions += self._notifier_actions(notifier.publish(body, now), None)
+            else:
+                actions += self._notifier_actions(notifier.tick(now), None)
+        return actions
 
     def hang_up(self, key: str, now: float) -> list[Action]:
         """End a call now (an operator's hang-up): BYE when it is up; nothing otherwise."""
@@ -688,6 +775,8 @@ class PsapAgentCore:
 
 
 _LIVE = frozenset({CallState.ANSWERED, CallState.CONFIRMED, CallState.HANGING_UP})
+#: Calls that occupy the queue (QueueState ``queueLength``).
+_QUEUED = frozenset({CallState.RINGING, *_LIVE})
 _FINISHED = frozenset(
     {CallState.ENDED, CallState.CANCELLED, CallState.REJECTED, CallState.SILENT, CallState.FAILED}
 )
@@ -699,6 +788,20 @@ _CALL_TIMERS = (
     TimerName.RETRANSMIT_BYE,
     TimerName.BYE_TIMEOUT,
 )
+
+
+def _next_hop(request: Request) -> Address | None:
+    """Where a request we originate goes: its top Route, else its Request-URI."""
+    routes = request.headers.get_all("Route")
+    hop = routes[0] if routes else request.uri
+    try:
+        uri = parse_name_addr(hop).uri if "<" in hop else parse_uri(hop)
+    except SipParseError:
+        return None
+    if not isinstance(uri, SipUri):
+        return None
+    transport = (uri.transport or "udp").lower()
+    return (uri.host.strip("[]"), uri.port or 5060, transport)
 
 
 def _unreliable(source: Any) -> bool:
