@@ -529,6 +529,9 @@ class EmergencyCore:
             elif isinstance(event, Terminated):
                 if self._servers.get(key) is entry:
                     del self._servers[key]
+                # Break the call <-> entry cycle so that reference counting frees the call
+                # now: a cycle would wait for a full collection, a pause under load.
+                entry.call = None
                 for name in [n for k, n in self._stx_timers if k == key]:
                     self._stx_timers.pop((key, name)).cancel()
             elif (
