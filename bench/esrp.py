@@ -53,7 +53,7 @@ import os
 import sys
 
 # Keep this script's directory off the import path: bench/ may hold scripts named like
-# standard modules (bench/logging.py), which would shadow them.
+# standard modules (as bench/logging.py once did), which would shadow them.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 

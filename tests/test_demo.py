@@ -196,6 +196,10 @@ def test_serve_starts_the_bcf_esrp_and_the_psap_agents_a_sipp_carrier_calls(tmp_
                 time.sleep(0.2)
         else:
             pytest.fail("firebox serve did not start within 60 s")
+        # The BCF's BadActor interface is served with the rest (NENA-STA-010.3 4.1).
+        known = httpx.post(f"http://127.0.0.1:{port}/BadActors", json={"sourceId": "demo-carrier"}, timeout=5)
+        unknown = httpx.post(f"http://127.0.0.1:{port}/BadActors", json={"sourceId": "nobody"}, timeout=5)
+        assert known.status_code == 201 and unknown.status_code == 433, (known.text, unknown.text)
         inf = tmp_path / "loc.csv"
         inf.write_text("SEQUENTIAL\n42.0;-71.5;\n")  # south of every town: the ESRP's default route
         carrier = subprocess.run(

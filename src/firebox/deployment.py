@@ -188,6 +188,8 @@ class BcfConfig(_Model):
 
     listen: Listen = "127.0.0.1:5070"
     transports: list[SipTransport] = Field(default=["udp", "tcp"], min_length=1)
+    #: Where its HTTP interfaces are served (``POST /BadActors``, NENA-STA-010.3 4.1).
+    http_listen: Listen = "127.0.0.1:7070"
     #: Host put in Via and Record-Route when ``listen`` is a wildcard address.
     advertised_host: str | None = None
     #: Which carrier each source network is (CIDR: name); calls from elsewhere are "unknown".

@@ -209,6 +209,12 @@ def _apps(node: Node) -> dict[str, Any]:
         from firebox.web.page import page_routes
 
         routes.setdefault(els.web.listen, []).extend(page_routes(node))
+    if els.bcf is not None:
+        from firebox.bcf.app import bad_actors_route
+
+        routes.setdefault(els.bcf.http_listen, []).append(
+            bad_actors_route(lambda: node.core.bcf if node.core is not None else None)
+        )
     if els.logging is not None:
         from starlette.routing import Mount
 
@@ -889,7 +895,8 @@ def demo_deployment(
             "ecrf": {"listen": listen},
             "lis": {"listen": listen},
             "web": {"listen": listen},
-            "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"}},
+            "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"},
+                    "http_listen": listen},
             "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test", "overload": {"capacity": 400, "queue_limit": 400}},
             # The state's Logging Service, on the page's address; the ESRP logs every call to it.
             "logging": {"listen": listen, "store": "var/logging.db"},

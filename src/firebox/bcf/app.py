@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,8 +20,16 @@ from firebox.bcf.core import Bcf
 PROBLEM = "application/problem+json"
 
 
-def create_bcf_app(bcf: Bcf) -> Starlette:
+def bad_actors_route(get_bcf: Callable[[], Bcf | None]) -> Route:
+    """``POST /BadActors`` for the BCF ``get_bcf()`` returns (looked up per request: in a
+    node the BCF starts after the HTTP servers); 503 problem JSON while there is none."""
+
     async def bad_actors(request: Request) -> JSONResponse:
+        bcf = get_bcf()
+        if bcf is None:
+            problem = {"type": "about:blank", "status": 503, "title": "No BCF",
+                       "detail": "the BCF is not running (yet)"}  # fmt: skip
+            return JSONResponse(problem, status_code=503, media_type=PROBLEM, headers={"Retry-After": "1"})
         raw = await request.body()
         try:
             body: Any = json.loads(raw)
@@ -31,4 +40,8 @@ def create_bcf_app(bcf: Bcf) -> Starlette:
         status, answer = bcf.bad_actors.report(body, time.monotonic())
         return JSONResponse(answer, status_code=status, media_type=PROBLEM if status >= 400 else None)
 
-    return Starlette(routes=[Route("/BadActors", bad_actors, methods=["POST"])])
+    return Route("/BadActors", bad_actors, methods=["POST"])
+
+
+def create_bcf_app(bcf: Bcf) -> Starlette:
+    return Starlette(routes=[bad_actors_route(lambda: bcf)])
