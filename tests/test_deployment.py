@@ -219,3 +219,20 @@ def test_logging_errors_name_the_key(old, new, expected):
     with pytest.raises(DeploymentError) as exc:
         parse_deployment(LOGGED.replace(old, new, 1))
     assert any(expected in p and " line " in p for p in exc.value.problems), exc.value.problems
+
+
+def test_policy_store_and_policy_references():
+    text = LOGGED.replace(
+        "    divert_to: sip:divert@media.example\n",
+        "    divert_to: sip:divert@media.example\n    policy: {url: http://127.0.0.1:7072/policy, policy_id: esrp-rules}\n",
+    ) + "  policy_store:\n    listen: 127.0.0.1:7072\n    path: /policy\n"
+    dep = parse_deployment(text)
+    assert dep.elements.policy_store is not None and dep.elements.policy_store.path == "/policy"
+    assert dep.elements.esrp is not None and dep.elements.esrp.policy is not None
+    assert dep.elements.esrp.policy.policy_id == "esrp-rules" and dep.elements.esrp.policy.interval_seconds == 5.0
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(text.replace("policy_id: esrp-rules", "policy_id: 'esrp rules'"))
+    assert any("elements.esrp.policy.policy_id" in p and " line " in p for p in exc.value.problems), exc.value.problems
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(text.replace("    path: /policy\n", "    path: policy\n"))
+    assert any("elements.policy_store.path" in p for p in exc.value.problems), exc.value.problems

@@ -190,6 +190,8 @@ class BcfConfig(_Model):
     transports: list[SipTransport] = Field(default=["udp", "tcp"], min_length=1)
     #: Where its HTTP interfaces are served (``POST /BadActors``, NENA-STA-010.3 4.1).
     http_listen: Listen = "127.0.0.1:7070"
+    #: Its rules from the Policy Store (else the built-in defaults).
+    policy: PolicyRefConfig | None = None
     #: Host put in Via and Record-Route when ``listen`` is a wildcard address.
     advertised_host: str | None = None
     #: Which carrier each source network is (CIDR: name); calls from elsewhere are "unknown".
@@ -217,6 +219,33 @@ class OverloadConfig(_Model):
     queue_limit: int = Field(default=1000, ge=0)
     emergency_reserve: int | None = Field(default=None, ge=0)
     retry_after_seconds: int = Field(default=5, ge=0, le=3600)
+
+
+class PolicyStoreConfig(_Model):
+    """A Policy Store this node runs (NENA-STA-010.3 section 4.9), at ``path`` under
+    ``listen`` (its base URL is ``http://LISTEN/PATH``): ``store`` is a SQLite file
+    (relative to this file) or a ``sqlite:///``/``postgresql://`` URL; ``trust``: CA
+    certificates (PEM) signers' x5c chains must lead to (none: the signature is checked with
+    the leaf's key); ``allow_unsigned`` accepts ``alg: none`` policies (demos only)."""
+
+    listen: Listen = "127.0.0.1:7070"
+    path: str = Field(default="/policy", pattern=r"^/[A-Za-z0-9._\-/]*[A-Za-z0-9._\-]$")
+    store: str = "var/policies.db"
+    trust: list[Path] = []
+    allow_unsigned: bool = False
+
+
+class PolicyRefConfig(_Model):
+    """An element's rules from a Policy Store: the policy ``policy_id`` at the store's base
+    ``url``, polled every ``interval_seconds``; each new version checked (signature, owner,
+    rules) before it replaces the rules in use, and the last good rules kept otherwise."""
+
+    url: HttpUrl
+    policy_id: str = Field(pattern=r"^[A-Za-z0-9._\-:]+$")
+    owner: str | None = None
+    interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    trust: list[Path] = []
+    allow_unsigned: bool = False
 
 
 class LoggingServiceConfig(_Model):
@@ -262,6 +291,8 @@ class EsrpConfig(_Model):
     divert_to: str | None = None
     #: Follow each PSAP queue's emergency-QueueState (RFC 6665 SUBSCRIBE).
     subscribe_queue_state: bool = True
+    #: Its policy routing rules from the Policy Store (else none: ECRF answer and chains).
+    policy: PolicyRefConfig | None = None
     state_expires_seconds: int = Field(default=600, ge=60, le=86400)
 
     @field_validator("divert_to")
@@ -293,6 +324,7 @@ class Elements(_Model):
     psap_agents: PsapAgentsConfig | None = None
     logging: LoggingServiceConfig | None = None
     log_events: LogEventsConfig | None = None
+    policy_store: PolicyStoreConfig | None = None
 
 
 class Deployment(_Model):

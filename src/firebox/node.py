@@ -98,6 +98,9 @@ class Node:
     #: The Logging Service's store (``elements.logging``) and the senders of log events.
     log_store: Any = None
     log_sender: Any = None
+    #: The Policy Store's store (``elements.policy_store``) and the rule watches.
+    policy_store: Any = None
+    watches: list[Any] = field(default_factory=list)
     #: What the run's i3 logging did, for the summary: events logged, delivered everywhere
     #: (before the stop), left in the spool, stored by this node's Logging Service, and
     #: whether its hash chain verifies.
@@ -215,6 +218,18 @@ def _apps(node: Node) -> dict[str, Any]:
         routes.setdefault(els.bcf.http_listen, []).append(
             bad_actors_route(lambda: node.core.bcf if node.core is not None else None)
         )
+    if els.policy_store is not None:
+        from starlette.routing import Mount
+
+        from firebox.policy.app import create_app as create_policy_app
+        from firebox.policy.store import open_store as open_policy_store
+
+        cfg = els.policy_store
+        node.policy_store = open_policy_store(_store_url(node.deployment, cfg.store))
+        policy_app = create_policy_app(
+            node.policy_store, allow_unsigned=cfg.allow_unsigned, trust=_certificates(node.deployment, cfg.trust)
+        )
+        routes.setdefault(cfg.listen, []).append(Mount(cfg.path, app=policy_app))
     if els.logging is not None:
         from starlette.routing import Mount
 
@@ -238,6 +253,32 @@ def _store_url(dep: Deployment, store: str) -> str:
     path = dep.resolve(Path(store))
     path.parent.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def _certificates(dep: Deployment, paths: list[Path]) -> list[Any] | None:
+    """Trust anchors from PEM files (None when none are configured)."""
+    if not paths:
+        return None
+    from cryptography import x509
+
+    return [c for p in paths for c in x509.load_pem_x509_certificates(dep.resolve(p).read_bytes())]
+
+
+def _start_watches(node: Node) -> None:
+    """Keep the ESRP's routing rules and the BCF's rules in step with their policies."""
+    from firebox.policy.watch import watch_bcf, watch_esrp
+
+    assert node.core is not None
+    dep = node.deployment
+    els = dep.elements
+    for cfg, make in ((els.esrp.policy if els.esrp else None, lambda url, pid, **kw: watch_esrp(node.core.router, url, pid, **kw)),
+                      (els.bcf.policy if els.bcf else None, lambda url, pid, **kw: watch_bcf(node.core.bcf, url, pid, **kw))):  # fmt: skip
+        if cfg is None:
+            continue
+        watch = make(cfg.url, cfg.policy_id, owner=cfg.owner, trust=_certificates(dep, cfg.trust),
+                     allow_unsigned=cfg.allow_unsigned, interval=cfg.interval_seconds)  # fmt: skip
+        watch.start()
+        node.watches.append(watch)
 
 
 def log_event_urls(dep: Deployment) -> list[str]:
@@ -305,6 +346,8 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
         for s in servers:
             s.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
+        if node.policy_store is not None:
+            node.policy_store.close()
         if node.log_store is not None:
             node.log_figures["stored"] = node.log_store.count()
             node.log_figures["chain_ok"] = node.log_store.verify() is None
@@ -411,6 +454,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         await http.aclose()
         node.core = None
         raise SystemExit(f"the BCF could not listen on {bcf.listen} ({'/'.join(bcf.transports)}): {exc.strerror or exc}") from None
+    _start_watches(node)
     if console is not None:
         console.print(
             f"[green]BCF + ESRP[/green] listening on sip:{node.core.advertised_host}:{node.core.port} "
@@ -486,6 +530,9 @@ def _call_logger(node: Node) -> Any:
 
 
 async def stop_sip(node: Node) -> None:
+    for watch in node.watches:
+        await watch.stop()
+    node.watches.clear()
     if node.core is not None:
         await node.core.close()  # spools what its call logger still holds
     if node.agents is not None:
@@ -896,11 +943,22 @@ def demo_deployment(
             "lis": {"listen": listen},
             "web": {"listen": listen},
             "bcf": {"listen": sip_listen, "transports": ["udp", "tcp"], "sources": {"127.0.0.0/8": "demo-carrier"},
-                    "http_listen": listen},
-            "esrp": {"pstn_gateway": "pstn-gw.demo.firebox.test", "overload": {"capacity": 400, "queue_limit": 400}},
+                    "http_listen": listen,
+                    "policy": {"url": f"http://{listen}/policy", "policy_id": "demo-bcf", "allow_unsigned": True,
+                               "interval_seconds": 2.0}},
+            "esrp": {
+                "pstn_gateway": "pstn-gw.demo.firebox.test",
+                "overload": {"capacity": 400, "queue_limit": 400},
+                "policy": {"url": f"http://{listen}/policy", "policy_id": "demo-routing", "allow_unsigned": True,
+                           "interval_seconds": 2.0},
+            },
             # The state's Logging Service, on the page's address; the ESRP logs every call to it.
             "logging": {"listen": listen, "store": "var/logging.db"},
             "log_events": {"spool": "var/log-spool"},
+            # Its Policy Store at /policy on the same address; the ESRP's routing rules and the
+            # BCF's rules follow the policies "demo-routing" and "demo-bcf" once someone puts
+            # them there (unsigned policies are accepted: a demo, not a deployment).
+            "policy_store": {"listen": listen, "path": "/policy", "store": "var/policies.db", "allow_unsigned": True},
             "psap_agents": {
                 "listen": agents_listen,
                 "ring_seconds": 0.3,
