@@ -16,10 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("sipp") is None,
-    reason="sipp is not installed (apt-get install sip-tester)",
-)
+@pytest.fixture(autouse=True)
+def needs_sipp() -> None:
+    """The set-up installs SIPp (scripts/system-tools.sh): its absence is a failure."""
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is not installed (apt-get install sip-tester); this test needs it")
 
 FIGURE_LINES = (
     "firebox max rate with zero failures: ",

@@ -5,7 +5,6 @@ restart on SQLite that keeps everything."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -268,14 +267,9 @@ def test_sqlite_transaction_rolls_back_every_write(tmp_path: Path):
     assert mem.units() == []
 
 
-SHARED_DATA = Path(os.environ.get("FIREBOX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-BOSTON_BOXES = SHARED_DATA / "boston" / "fire_alarm_boxes.geojson"
-
-
 @pytest.mark.realdata
-@pytest.mark.skipif(not BOSTON_BOXES.exists(), reason=f"Boston's box registry not found at {BOSTON_BOXES}")
-def test_real_boston_box_alarm():
-    boxes = load_boxes_geojson(BOSTON_BOXES, town="BOSTON")
+def test_real_boston_box_alarm(shared_data: Path):
+    boxes = load_boxes_geojson(shared_data / "boston" / "fire_alarm_boxes.geojson", town="BOSTON")
     assert len(boxes) > 1500
     box = boxes["1233"]
     assert box.location == "CHARTER at SALEM STS" and box.district == "3"

@@ -44,7 +44,7 @@ def db(request, tmp_path) -> Iterator[str]:
         return
     why = postgres_unavailable()
     if why:
-        pytest.skip(why)
+        pytest.fail(f"PostgreSQL is part of the test set-up (.ci/run starts it): {why}")
     with scratch_postgres("firebox_logcrash") as url:
         yield url
 

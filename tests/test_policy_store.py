@@ -29,7 +29,7 @@ ESRP = "OriginationRoutePolicy"
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     if PG_SKIP:
-        pytest.skip(PG_SKIP)
+        pytest.fail(f"PostgreSQL is part of the test set-up (.ci/run starts it): {PG_SKIP}")
     with scratch_postgres("firebox_policytest") as url:
         yield url
 
