@@ -268,17 +268,21 @@ def _start_watches(node: Node) -> None:
     """Keep the ESRP's routing rules and the BCF's rules in step with their policies."""
     from firebox.policy.watch import watch_bcf, watch_esrp
 
-    assert node.core is not None
+    core = node.core
+    assert core is not None
     dep = node.deployment
-    els = dep.elements
-    for cfg, make in ((els.esrp.policy if els.esrp else None, lambda url, pid, **kw: watch_esrp(node.core.router, url, pid, **kw)),
-                      (els.bcf.policy if els.bcf else None, lambda url, pid, **kw: watch_bcf(node.core.bcf, url, pid, **kw))):  # fmt: skip
-        if cfg is None:
-            continue
-        watch = make(cfg.url, cfg.policy_id, owner=cfg.owner, trust=_certificates(dep, cfg.trust),
-                     allow_unsigned=cfg.allow_unsigned, interval=cfg.interval_seconds)  # fmt: skip
+    esrp, bcf = dep.elements.esrp, dep.elements.bcf
+
+    def options(cfg: Any) -> dict[str, Any]:
+        return {"owner": cfg.owner, "trust": _certificates(dep, cfg.trust),
+                "allow_unsigned": cfg.allow_unsigned, "interval": cfg.interval_seconds}  # fmt: skip
+
+    if esrp is not None and esrp.policy is not None:
+        node.watches.append(watch_esrp(core.router, esrp.policy.url, esrp.policy.policy_id, **options(esrp.policy)))
+    if bcf is not None and bcf.policy is not None:
+        node.watches.append(watch_bcf(core.bcf, bcf.policy.url, bcf.policy.policy_id, **options(bcf.policy)))
+    for watch in node.watches:
         watch.start()
-        node.watches.append(watch)
 
 
 def log_event_urls(dep: Deployment) -> list[str]:

@@ -242,11 +242,7 @@ class StateEvents:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def _subscriber_of(self, call_id: str) -> Subscriber | None:
-        for sub in self.subscribers.values():
-            dialog = sub._dialog  # noqa: SLF001 -- the dialog's Call-ID is set before a remote tag
-            if dialog is not None and dialog.call_id == call_id:
-                return sub
-        return None
+        return next((sub for sub in self.subscribers.values() if sub.call_id == call_id), None)
 
     async def _ticker(self) -> None:
         while True:

@@ -34,12 +34,14 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
+
+from firebox import durable
 
 __all__ = [
     "Page",
@@ -347,23 +349,10 @@ class SqliteStore(PolicyStore):
         self._readers: list[sqlite3.Connection] = []
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
+        return durable.connect(self.path)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._writer.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Cursor]:
+        return durable.write(self._lock, self._writer)
 
     def _select(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -586,6 +586,12 @@ class Subscriber:
         self._unsubscribing = False
 
     @property
+    def call_id(self) -> str | None:
+        """The Call-ID of the current subscription (known from the first SUBSCRIBE on,
+        before the notifier answers: a NOTIFY may come first, RFC 6665 section 4.1.2.4)."""
+        return self._dialog.call_id if self._dialog is not None else None
+
+    @property
     def dialog(self) -> DialogId | None:
         """The dialog, once the notifier has answered or notified."""
         d = self._dialog

@@ -30,6 +30,7 @@ would have started them (RFC 3261 17.1.1.2, 17.1.2.2, 17.2.1, 17.2.2).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -342,7 +343,7 @@ class Transaction:
     _last_fired: Timer | None = None
 
 
-class _ClientTransaction(Transaction):
+class _ClientTransaction(Transaction, ABC):
     """Client side: the TU's request is sent on ``start()``; responses come in."""
 
     def start(self) -> list[Event]:
@@ -355,8 +356,9 @@ class _ClientTransaction(Transaction):
 
     _started = False
 
+    @abstractmethod
     def _on_start(self) -> list[Event]:
-        raise NotImplementedError
+        """The first sends and timers (each kind of client transaction has its own)."""
 
     def receive(self, message: Message) -> list[Event]:
         """A response matched to this transaction (17.1.3). Requests are ignored."""
