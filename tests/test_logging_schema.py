@@ -7,23 +7,10 @@ have an undocumented status or content type, or break its response schema. Bound
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import schemathesis
-import uvicorn
-from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from firebox import jws as jwslib
 from firebox.logging.events import (
@@ -37,8 +24,9 @@ from firebox.logging.service import LoggingService
 from firebox.logging.store import AppendItem, open_store, to_micros
 from firebox.logging.testing import Signer, call_events
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, negative_data_rejection]  # fmt: skip
+from schema_testing import CHECKS, case_id, cases, check_operation, operations
+from schema_testing import served as serve
+
 MAX_EXAMPLES = 60
 
 
@@ -59,27 +47,14 @@ def served(tmp_path_factory) -> Iterator[str]:
         SEEDED["callIds"].append(events[0]["callId"])
         SEEDED["incidentIds"].append(events[0]["incidentId"])
         SEEDED["logEventIds"].extend(r.log_event_id for r in stored)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(LoggingService(store).app(), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(1000):
-        if server.started:
-            break
-        thread.join(0.01)
-    assert server.started
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve(LoggingService(store).app()) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         store.close()
 
 
-SCHEMA = schemathesis.openapi.from_dict(openapi_document())
-OPERATIONS = {op.label: op for op in (r.ok() for r in SCHEMA.get_all_operations())}
+OPERATIONS = operations(openapi_document())
 
 
 def test_the_served_document_is_the_one_tested(served):
@@ -88,22 +63,12 @@ def test_the_served_document_is_the_one_tested(served):
 
 #: Operations whose only input is a free string path parameter have no invalid requests.
 NO_NEGATIVE = {"GET /Conversations/{callId}", "GET /LogEvents/{logEventId}", "GET /Versions"}
-CASES = [(label, mode) for label in sorted(OPERATIONS) for mode in GenerationMode
-         if not (mode is GenerationMode.NEGATIVE and label in NO_NEGATIVE)]  # fmt: skip
+CASES = cases(OPERATIONS, NO_NEGATIVE)
 
 
-@pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{label} {mode.value}" for label, mode in CASES])
+@pytest.mark.parametrize(("label", "mode"), CASES, ids=[case_id(c) for c in CASES])
 def test_no_5xx_and_no_schema_violation(served, label, mode):
-    """(schemathesis's own pytest plugin does not load under pytest 9, so each operation's
-    case strategy is run with hypothesis directly.)"""
-    operation = OPERATIONS[label]
-
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    def run(case) -> None:
-        case.call_and_validate(base_url=served, checks=CHECKS)
-
-    run()
+    check_operation(OPERATIONS[label], mode, served, MAX_EXAMPLES)
 
 
 def test_answers_with_data_follow_the_document(served):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -71,7 +72,7 @@ async def node(tmp_path: Path):
 
 def unsigned(doc: dict) -> bytes:
     """The policy as a flattened-JSON JWS with ``alg: none`` (the demo's store accepts it)."""
-    return json.dumps(jws.sign(doc, None)).encode()
+    return json.dumps(jws.sign(doc, None, extra={"iat": time.time()})).encode()  # iat: no replays
 
 
 async def test_a_policy_put_in_the_store_routes_the_next_call(node):

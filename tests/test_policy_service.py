@@ -238,9 +238,12 @@ async def test_list_paging_and_filters(client):
 
 
 async def test_other_paths_and_methods_answer_problem_json(client):
-    assert problem_members(await client.get("/Nothing"), 404) == []
+    # The request as a whole is what was wrong: one error, member and pointer "", naming it.
+    reply = await client.get("/Nothing")
+    assert problem_members(reply, 404) == [""] and reply.json()["errors"][0]["pointer"] == ""
+    assert "GET /Nothing" in reply.json()["detail"]
     reply = await client.patch("/Policies")
-    assert problem_members(reply, 405) == [] and set(reply.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert problem_members(reply, 405) == [""] and set(reply.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "PUT", "DELETE"}
     versions = (await client.get("/Versions")).json()
     assert versions["versions"][0]["major"] == 1
     assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("firebox Policy Store")

@@ -189,3 +189,42 @@ async def test_bcf_rules_follow_the_store(served):
     installed = bcf.rules
     assert not await watch.poll_once() and "unreachable" in (watch.last_error or "")
     assert bcf.rules is installed
+
+
+async def test_a_deleted_or_expired_policy_gives_the_element_its_own_rules_back(served):
+    """Deleted (the store answers 404) or expired (its policyExpirationTime passed, even with
+    the store down): the element's own rules again, logged and announced; a later version is
+    installed as usual. A store that merely fails keeps the last good rules."""
+    from datetime import UTC, datetime, timedelta
+
+    from firebox.policy.testing import delete_body
+
+    bcf = Bcf("bcf.example.net", sources={"192.0.2.0/24": "carrier-x"})
+    own = bcf.rules
+    announced = []
+    now = [datetime.now(UTC)]
+    watch = watch_bcf(bcf, served.url, "bcf", trust=[SIGNER.ca], owner=OWNER, timeout=0.5,
+                      on_change=announced.append, clock=lambda: now[0])  # fmt: skip
+    rules = [{"id": "noisy", "action": "deprioritize", "sources": ["carrier-x"]}]
+    await store_policy(served.url, policy("bcf", rules, policy_type="BcfRules"))
+    assert await watch.poll_once() and bcf.rules.to_dicts() == rules
+    # Deleted by its owner: the BCF's own rules, announced.
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        reply = await http.request("DELETE", "/Policies/bcf", content=delete_body(SIGNER, "bcf", 1, owner=OWNER))
+        assert reply.status_code == 200, reply.text
+    assert await watch.poll_once() and bcf.rules is own and watch.version is None
+    assert [(c.kind, c.version) for c in announced] == [("installed", 1), ("reverted", 1)]
+    assert "deleted or expired" in announced[-1].reason
+    assert not await watch.poll_once() and bcf.rules is own  # nothing more to revert
+    # Stored again, expiring in an hour: installed; then the store goes down and the hour
+    # passes: the policy is no longer valid, so the BCF's own rules again.
+    later = policy("bcf", rules, policy_type="BcfRules", expires=now[0] + timedelta(hours=1))
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        assert (await http.post("/Policies", content=body(SIGNER, later))).status_code == 201
+    assert await watch.poll_once() and bcf.rules.to_dicts() == rules and watch.version == 2
+    served.stop()
+    assert not await watch.poll_once() and bcf.rules.version == 2  # a store down changes nothing
+    now[0] += timedelta(hours=1, seconds=1)
+    assert await watch.poll_once() and bcf.rules is own
+    assert [(c.kind, c.version) for c in announced][-2:] == [("installed", 2), ("reverted", 2)]
+    assert "expired" in announced[-1].reason

@@ -37,7 +37,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -226,6 +226,7 @@ def sign(
     *,
     x5c: Sequence[bytes | x509.Certificate] | None = None,
     kid: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Sign ``payload`` (a JSON object) into a flattened JWS (RFC 7515 section 7.2.2).
 
@@ -233,7 +234,9 @@ def sign(
     ``None`` for an Unsecured JWS (``alg: none``, RFC 7518 section 3.6, empty signature).
     ``x5c`` lists the signer's certificate first then its issuers (DER bytes or
     ``x509.Certificate``); the first one must hold ``key``'s public key. ``kid`` (RFC 7515
-    section 4.1.4) names the key for receivers holding a key set (RFC 7517).
+    section 4.1.4) names the key for receivers holding a key set (RFC 7517). ``extra``: more
+    protected header parameters (e.g. ``iat``, the Policy Store's issued-at; not ``alg``,
+    ``kid``, ``x5c``).
 
     Raises ``TypeError`` for a payload that is not a dict or a key of another type, and
     ``ValueError`` for a payload that is not JSON-serializable or an x5c not matching.
@@ -243,6 +246,10 @@ def sign(
     if key is not None and not isinstance(key, (Ed25519PrivateKey, Ed448PrivateKey)):
         raise TypeError(f"key must be an Ed25519 or Ed448 private key or None, not {type(key).__name__}")
     header: dict[str, Any] = {"alg": ALG_EDDSA if key is not None else ALG_NONE}
+    for name, value in (extra or {}).items():
+        if name in ("alg", "kid", "x5c", "crit"):
+            raise ValueError(f"extra header parameter {name!r} is set by sign itself")
+        header[name] = value
     if kid is not None:
         if not isinstance(kid, str):
             raise TypeError("kid must be a string")

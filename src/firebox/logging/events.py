@@ -22,8 +22,9 @@ extension               optional    a JSON object of vendor/extension members
 clientAssignedIdentifier optional   an identifier assigned by the logging client
 ======================  ==========  =====================================================
 
-firebox models the types a BCF, ESRP and ECRF write (call start/end, signaling messages,
-routing decisions, LoST queries and responses, text messages); events of the other
+firebox models the types a BCF, ESRP, ECRF and PSAP write (call start/end, signaling
+messages, routing decisions, LoST queries and responses, text messages, call state changes,
+transfers, agent states); events of the other
 registered types are read as a plain ``LogEvent`` keeping their own members in ``other``.
 Members not modelled are kept in ``other`` too, so ``from_json(e.to_json())`` never drops
 anything. ``callId`` and ``incidentId`` are mandatory for the call events modelled here
@@ -50,12 +51,17 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from firebox.jws import json_type as _json_type
+from firebox.restapi import Problem as _Problem
+from firebox.restapi import problem_body
 
 __all__ = [
     "LOG_EVENT_TYPES",
+    "AgentStateChangeLogEvent",
     "CallEndLogEvent",
     "CallSignalingMessageLogEvent",
     "CallStartLogEvent",
+    "CallStateChangeLogEvent",
+    "CallTransferLogEvent",
     "Direction",
     "LogEvent",
     "LogEventError",
@@ -192,15 +198,8 @@ def _short(value: object, limit: int = 60) -> str:
 # --- problems --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One wrong member: its JSON name (``""`` for the event as a whole) and what is wrong."""
-
-    member: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.member}: {self.message}" if self.member else self.message
+# One wrong member: the shape every firebox REST service answers with (RFC 9457 ``errors``).
+Problem = _Problem
 
 
 class LogEventError(ValueError):
@@ -213,17 +212,7 @@ class LogEventError(ValueError):
     def problem_json(self, status: int = 400, title: str = "Bad LogEvent") -> dict[str, Any]:
         """RFC 9457 problem details, with one ``errors`` entry per wrong member (a JSON
         pointer to it and the message), as a Logging Service answers a bad ``POST``."""
-        return {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": str(self),
-            "errors": [
-                {"pointer": "/" + p.member.replace("~", "~0").replace("/", "~1") if p.member else "",
-                 "member": p.member, "detail": p.message}
-                for p in self.problems
-            ],
-        }  # fmt: skip
+        return problem_body(status, title, self.problems)
 
 
 # --- member checks -----------------------------------------------------------------------------
@@ -274,6 +263,12 @@ def _direction(value: Any) -> str | None:
     if isinstance(value, str) and value in ("incoming", "outgoing"):
         return None
     return f"must be 'incoming' or 'outgoing', not {_short(value)}"
+
+
+def _agent_state(value: Any) -> str | None:
+    if isinstance(value, str) and value in ("Available", "NotAvailable"):
+        return None
+    return f"must be 'Available' or 'NotAvailable', not {_short(value)}"
 
 
 def _m(name: str, check: Check = _string, *, required: bool = False) -> dict[str, Any]:
@@ -472,6 +467,49 @@ class MessageLogEvent(LogEvent):
     direction: Direction | str = field(metadata=_m("direction", _direction, required=True))
 
 
+@dataclass(kw_only=True)
+class CallStateChangeLogEvent(LogEvent):
+    """A call's state changed at the element (``CallStateChangeLogEvent``, NENA-STA-010.3
+    section 4.12.3.7): ``state`` one of the Call States registry's values (``callQueued``,
+    ``callAlerting``, ``callAnswered``, ``callHold``, ``callCancel``...), ``direction`` the
+    call's; ``targetId`` the party concerned when it is not the call itself, ``legCallId``
+    another leg's Call-ID, ``changeReason`` why in words."""
+
+    TYPE: ClassVar[str] = "CallStateChangeLogEvent"
+    CALL_EVENT: ClassVar[bool] = True
+    log_event_type: str = _type_field(TYPE)
+    state: str = field(metadata=_m("state", required=True))
+    direction: Direction | str = field(metadata=_m("direction", _direction, required=True))
+    leg_call_id: str | None = field(default=None, metadata=_m("legCallId"))
+    target_id: str | None = field(default=None, metadata=_m("targetId"))
+    change_reason: str | None = field(default=None, metadata=_m("changeReason"))
+
+
+@dataclass(kw_only=True)
+class CallTransferLogEvent(LogEvent):
+    """A call transferred (``CallTransferLogEvent``, section 4.12.3.7): ``target`` the URI
+    it goes to, ``targetCallIdSip`` the Call-ID of the leg to the target when known."""
+
+    TYPE: ClassVar[str] = "CallTransferLogEvent"
+    CALL_EVENT: ClassVar[bool] = True
+    log_event_type: str = _type_field(TYPE)
+    target: str = field(metadata=_m("target", required=True))
+    target_call_id_sip: str | None = field(default=None, metadata=_m("targetCallIdSip"))
+
+
+@dataclass(kw_only=True)
+class AgentStateChangeLogEvent(LogEvent):
+    """A call-taker's state changed (``AgentStateChangeLogEvent``, section 4.12.3.7):
+    ``primaryAgentState`` ``Available`` or ``NotAvailable``, with an optional
+    ``secondaryAgentState`` and ``deviceId``."""
+
+    TYPE: ClassVar[str] = "AgentStateChangeLogEvent"
+    log_event_type: str = _type_field(TYPE)
+    primary_agent_state: str = field(metadata=_m("primaryAgentState", _agent_state, required=True))
+    secondary_agent_state: str | None = field(default=None, metadata=_m("secondaryAgentState"))
+    device_id: str | None = field(default=None, metadata=_m("deviceId"))
+
+
 _CLASSES: dict[str, type[LogEvent]] = {
     c.TYPE: c
     for c in (
@@ -482,6 +520,9 @@ _CLASSES: dict[str, type[LogEvent]] = {
         LostQueryLogEvent,
         LostResponseLogEvent,
         MessageLogEvent,
+        CallStateChangeLogEvent,
+        CallTransferLogEvent,
+        AgentStateChangeLogEvent,
     )
 }
 

@@ -13,18 +13,12 @@ from typing import Any
 
 from firebox import __version__
 from firebox.logging.events import LOG_EVENT_TYPES
+from firebox.restapi import openapi_problem_response, openapi_problem_schema, openapi_ref, openapi_versions_schema
 
 __all__ = ["openapi_document"]
 
-PROBLEM = "application/problem+json"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
+_ref = openapi_ref
+_problem = openapi_problem_response
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -76,10 +70,8 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "201": _json("Logged", _ref("LogEventId")),
                         "400": _problem("Not a flattened JSON JWS"),
-                        "409": {
-                            "description": "Already logged (same clientAssignedIdentifier); logEventId is the original",
-                            "content": {PROBLEM: {"schema": _ref("DuplicateProblem")}},
-                        },
+                        "409": _problem("Already logged (same clientAssignedIdentifier); logEventId is the original",
+                                        "DuplicateProblem"),
                         "434": _problem("Signature Verification Failure"),
                         "438": _problem("Unacceptable Algorithm"),
                         "460": _problem("Bad LogEvent (each wrong member named in errors)"),
@@ -188,48 +180,8 @@ def openapi_document() -> dict[str, Any]:
                         "logEventContainers": {"type": "array", "items": _ref("LogEventContainer")},
                     },
                 },
-                "VersionsArray": {
-                    "type": "object",
-                    "required": ["versions"],
-                    "properties": {
-                        "versions": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["major", "minor"],
-                                "properties": {
-                                    "major": {"type": "integer"},
-                                    "minor": {"type": "integer"},
-                                    "vendor": {"type": "string"},
-                                    "serviceInfo": {"type": "object"},
-                                },
-                            },
-                        },
-                        "fingerprint": {"type": "string"},
-                    },
-                },
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "detail", "errors"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "errors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["pointer", "member", "detail"],
-                                "properties": {
-                                    "pointer": {"type": "string"},
-                                    "member": {"type": "string"},
-                                    "detail": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
+                "VersionsArray": openapi_versions_schema(),
+                "Problem": openapi_problem_schema(),
                 "DuplicateProblem": {
                     "allOf": [
                         _ref("Problem"),

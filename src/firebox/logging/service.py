@@ -52,11 +52,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from firebox import __version__
 from firebox import jws as jwslib
 from firebox.logging.events import (
     LOG_EVENT_TYPES,
-    LogEventError,
     Problem,
     is_domain_name,
     new_log_event_id,
@@ -71,21 +69,16 @@ from firebox.logging.store import (
     StoredEvent,
     to_micros,
 )
+from firebox.restapi import Reject, http_error, int_param, problem
+from firebox.restapi import versions_document as i3_versions_document
 
 __all__ = ["LoggingService", "create_app"]
 
 log = logging.getLogger(__name__)
 
-PROBLEM = "application/problem+json"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_BATCH = 512
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, title: str, problems: list[Problem]):
-        super().__init__(title)
-        self.status, self.title, self.problems = status, title, problems
 
 
 def _structure(doc: dict[str, Any]) -> None:
@@ -101,37 +94,9 @@ def _structure(doc: dict[str, Any]) -> None:
         jwslib.b64url_decode(doc[name], name)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 (no such path) and 405 (method) as problem JSON."""
-    assert isinstance(exc, HTTPException)
-    reply = problem(exc.status_code, str(exc.detail))
-    for name, value in (exc.headers or {}).items():
-        reply.headers[name] = value
-    return reply
-
-
-def problem(status: int, title: str, problems: Sequence[Problem] = (), **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem details answer; ``errors`` lists each wrong member."""
-    body = LogEventError(list(problems)).problem_json(status, title) if problems else {
-        "type": "about:blank", "title": title, "status": status, "detail": title, "errors": [],
-    }  # fmt: skip
-    body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
 def versions_document() -> dict[str, Any]:
-    """``GET /Versions`` (NENA-STA-010.3 section 2.8; i3-common ``VersionsArray``)."""
-    return {
-        "versions": [
-            {
-                "major": 1,
-                "minor": 0,
-                "vendor": "firebox",
-                "serviceInfo": {"requiredAlgorithms": ["EdDSA", "none"]},
-            }
-        ],
-        "fingerprint": f"firebox {__version__}",
-    }
+    """``GET /Versions``: log events signed with EdDSA, or unsigned (``alg: none``)."""
+    return i3_versions_document(["EdDSA", "none"])
 
 
 class LoggingService:
@@ -160,14 +125,14 @@ class LoggingService:
     # --- ingestion ----------------------------------------------------------------------------
 
     def check(self, body: bytes) -> AppendItem:
-        """Verify and validate one ``POST /LogEvents`` body; raises ``_Reject``."""
+        """Verify and validate one ``POST /LogEvents`` body; raises ``Reject``."""
         if len(body) > jwslib.MAX_JWS_BYTES:
-            raise _Reject(461, "LogEvent too big", [Problem("", f"{len(body)} bytes, more than {jwslib.MAX_JWS_BYTES}")])
+            raise Reject(461, "LogEvent too big", [Problem("", f"{len(body)} bytes, more than {jwslib.MAX_JWS_BYTES}")])
         try:  # the form of a flattened JWS: 400
             doc = jwslib.parse_json_object(body, None)
             _structure(doc)
         except jwslib.JwsError as exc:
-            raise _Reject(400, "Not a flattened JSON JWS", [Problem(exc.member or "", exc.message)]) from None
+            raise Reject(400, "Not a flattened JSON JWS", [Problem(exc.member or "", exc.message)]) from None
         try:
             verified = jwslib.verify(doc, allow_none=self.allow_none, trust=self.trust)
         except jwslib.JwsError as exc:
@@ -178,7 +143,7 @@ class LoggingService:
                 status, title = 438, "Unacceptable Algorithm"
             else:
                 status, title = 400, "Not a flattened JSON JWS"
-            raise _Reject(status, title, [Problem(member, exc.message)]) from None
+            raise Reject(status, title, [Problem(member, exc.message)]) from None
         event = verified.payload
         problems = validate(event)
         cid = event.get("clientAssignedIdentifier")
@@ -191,7 +156,7 @@ class LoggingService:
             except (OverflowError, ValueError) as exc:
                 problems.append(Problem("timestamp", f"out of range: {exc}"))
         if problems:
-            raise _Reject(460, "Bad LogEvent", problems)
+            raise Reject(460, "Bad LogEvent", problems)
         text = jwslib.serialize({k: doc[k] for k in jwslib.MEMBERS}).decode("utf-8")
         return AppendItem(new_log_event_id(self.fqdn), event, text, ts_us)
 
@@ -226,7 +191,7 @@ class LoggingService:
                 return problem(461, "LogEvent too big", [Problem("", f"more than {jwslib.MAX_JWS_BYTES} bytes")])
         try:
             item = self.check(body)
-        except _Reject as exc:
+        except Reject as exc:
             return problem(exc.status, exc.title, exc.problems)
         try:
             result = await self.ingest(item)
@@ -252,7 +217,7 @@ class LoggingService:
     async def get_log_events(self, request: Request) -> Response:
         try:
             f, offset, limit = _filter(request, ("startTime", "endTime", "elementId", "agencyId", "logEventType"))
-        except _Reject as exc:
+        except Reject as exc:
             return problem(exc.status, exc.title, exc.problems)
         page = await asyncio.to_thread(self.store.query, f, offset, limit)
         return JSONResponse(_containers(page.items, page.total))
@@ -267,7 +232,7 @@ class LoggingService:
     async def get_log_event_ids(self, request: Request) -> Response:
         try:
             f, offset, limit = _filter(request, ("callId", "incidentId"))
-        except _Reject as exc:
+        except Reject as exc:
             return problem(exc.status, exc.title, exc.problems)
         page = await asyncio.to_thread(self.store.log_event_ids, f, offset, limit)
         return JSONResponse({"count": len(page.items), "totalCount": page.total, "logEventIds": page.items})
@@ -275,7 +240,7 @@ class LoggingService:
     async def get_call_ids(self, request: Request) -> Response:
         try:
             f, offset, limit = _filter(request, ("incidentId", "startTime", "endTime"))
-        except _Reject as exc:
+        except Reject as exc:
             return problem(exc.status, exc.title, exc.problems)
         page = await asyncio.to_thread(self.store.call_ids, f, offset, limit)
         return JSONResponse({"count": len(page.items), "totalCount": page.total, "callIds": page.items})
@@ -283,7 +248,7 @@ class LoggingService:
     async def get_incident_ids(self, request: Request) -> Response:
         try:
             f, offset, limit = _filter(request, ("startTime", "endTime"))
-        except _Reject as exc:
+        except Reject as exc:
             return problem(exc.status, exc.title, exc.problems)
         page = await asyncio.to_thread(self.store.incident_ids, f, offset, limit)
         return JSONResponse({"count": len(page.items), "totalCount": page.total, "incidentIds": page.items})
@@ -329,7 +294,7 @@ class LoggingService:
                 Route("/openapi.json", self.get_openapi, methods=["GET"]),
             ],
             lifespan=self.lifespan,
-            exception_handlers={HTTPException: _http_error},
+            exception_handlers={HTTPException: http_error},
         )
 
 
@@ -350,21 +315,6 @@ def _containers(events: Sequence[StoredEvent], total: int) -> dict[str, Any]:
     }
 
 
-def _int(request: Request, name: str, default: int, lo: int, hi: int, problems: list[Problem]) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        problems.append(Problem(name, f"must be an integer, not {raw[:40]!r}"))
-        return default
-    if not lo <= value <= hi:
-        problems.append(Problem(name, f"must be between {lo} and {hi}, not {value}"))
-        return default
-    return value
-
-
 def _time(request: Request, name: str, problems: list[Problem]) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
@@ -377,20 +327,20 @@ def _time(request: Request, name: str, problems: list[Problem]) -> int | None:
 
 
 def _filter(request: Request, allowed: Sequence[str]) -> tuple[Filter, int, int]:
-    """The ``Filter``, offset and limit of a GET; ``_Reject`` (400) naming each bad parameter."""
+    """The ``Filter``, offset and limit of a GET; ``Reject`` (400) naming each bad parameter."""
     problems: list[Problem] = []
-    limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, problems)
-    start = _int(request, "start", 1, 1, 2**31 - 1, problems)
+    q = request.query_params
+    limit = int_param(q.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, problems)
+    start = int_param(q.get("start"), "start", 1, 1, 2**31 - 1, problems)
     start_us = _time(request, "startTime", problems) if "startTime" in allowed else None
     end_us = _time(request, "endTime", problems) if "endTime" in allowed else None
     if start_us is not None and end_us is not None and end_us < start_us:
         problems.append(Problem("endTime", "occurs before startTime"))
-    q = request.query_params
     kind = q.get("logEventType") if "logEventType" in allowed else None
     if kind is not None and kind not in LOG_EVENT_TYPES:
         problems.append(Problem("logEventType", f"{kind[:60]!r} is not a registered log event type"))
     if problems:
-        raise _Reject(400, "Bad query", problems)
+        raise Reject(400, "Bad query", problems)
 
     def get(name: str) -> str | None:
         return q.get(name) if name in allowed else None

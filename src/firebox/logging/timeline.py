@@ -67,7 +67,9 @@ def describe(event: Mapping[str, Any]) -> tuple[str, str]:
         parties = " ".join(f"{k} {event[k]}" for k in ("from", "to") if event.get(k))
         return "call", f"{_arrow(event)} call starts {parties}".rstrip()
     if kind == "CallEndLogEvent":
-        return "release", f"{_arrow(event)} call ends"
+        ext = event.get("extension")
+        cause = ext.get("cause") if isinstance(ext, dict) else None
+        return "release", f"{_arrow(event)} call ends" + (f" ({cause})" if cause else "")
     if kind == "LostQueryLogEvent":
         return "location/LoST", f"{_arrow(event)} LoST query {event.get('queryId', '')}".rstrip()
     if kind == "LostResponseLogEvent":
@@ -85,8 +87,31 @@ def describe(event: Mapping[str, Any]) -> tuple[str, str]:
             f"{event.get('policyOwner')} {event.get('policyType')}{cause}"
         )
     if kind == "MessageLogEvent":
-        return "text", f"{_arrow(event)} {str(event.get('text', ''))[:80]}"
+        by = f" ({event['agencyAgentId']})" if event.get("agencyAgentId") else ""
+        return "text", f"{_arrow(event)} {str(event.get('text', ''))[:80]}{by}"
+    if kind == "CallStateChangeLogEvent":
+        return _call_state(event)
+    if kind == "CallTransferLogEvent":
+        status = (event.get("extension") or {}).get("transferStatus") if isinstance(event.get("extension"), dict) else None
+        return "route", f"→ transfer to {event.get('target')}{f' ({status})' if status else ''}{_who(event)}"
+    if kind == "CallProcessLogEvent" and isinstance(event.get("extension"), dict) and "callback" in event["extension"]:
+        cb = event["extension"]["callback"] if isinstance(event["extension"]["callback"], dict) else {}
+        return "callback", f"callback to {cb.get('number') or '?'}: {cb.get('outcome') or '?'}{_who(event)}"
     return "other", kind.removesuffix("LogEvent")
+
+
+def _who(event: Mapping[str, Any]) -> str:
+    """`` at <position> by <agent>`` of a PSAP event, as far as it names them."""
+    out = f" at {event['agencyPositionId']}" if event.get("agencyPositionId") else ""
+    return out + (f" by {event['agencyAgentId']}" if event.get("agencyAgentId") else "")
+
+
+def _call_state(event: Mapping[str, Any]) -> tuple[str, str]:
+    """A PSAP's ``CallStateChangeLogEvent`` (NENA-STA-010.3 section 4.12.3.7)."""
+    state = str(event.get("state", "?"))
+    reason = f" ({event['changeReason']})" if event.get("changeReason") else ""
+    stage = {"callAnswered": "answer", "callCancel": "release", "callEnd": "release"}.get(state, "call")
+    return stage, f"{state}{_who(event)}{reason}"
 
 
 def _signature(token: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:

@@ -10,6 +10,8 @@ Heavy imports happen inside the commands so that ``firebox --help`` stays instan
 
 from __future__ import annotations
 
+import time
+
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -142,7 +144,8 @@ def put(
         signer = serialization.load_pem_private_key(key.read_bytes(), password=None)
         chain = x509.load_pem_x509_certificates(cert.read_bytes())
     try:
-        token = jwslib.sign(payload, signer, x5c=chain)
+        # iat: when it was signed; the store refuses to replace a version with an older one.
+        token = jwslib.sign(payload, signer, x5c=chain, extra={"iat": round(time.time(), 3)})
     except (TypeError, ValueError) as exc:
         err.print(f"cannot sign: {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -40,6 +40,7 @@ from cryptography import x509
 from firebox.bcf.protection import BcfRules, RuleError
 from firebox.esrp.policy import Chains, PolicyError, RuleSet
 from firebox.logging.events import is_domain_name, parse_timestamp
+from firebox.restapi import Problem as _Problem
 
 __all__ = [
     "BCF_TYPES",
@@ -68,22 +69,9 @@ MEMBERS = frozenset({
 })  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One wrong member (a dotted path, ``""`` for the document as a whole) and why."""
-
-    member: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.member}: {self.message}" if self.member else self.message
-
-    def pointer(self) -> str:
-        """The member as a JSON pointer (RFC 6901): ``a[2].b`` is ``/a/2/b``."""
-        if not self.member:
-            return ""
-        parts = re.split(r"\.|\[(\d+)\]", self.member)
-        return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts if p)
+# One wrong member (a dotted path, ``""`` for the document as a whole) and why: the shape
+# every firebox REST service answers with (``firebox.restapi``).
+Problem = _Problem
 
 
 class DocumentError(ValueError):
@@ -102,6 +90,7 @@ class PolicyDocument:
     policy_type: str
     expires: datetime | None
     rules: list[Any]
+    queue_name: str | None = None
 
 
 def owner_domain(owner: str) -> str | None:
@@ -213,7 +202,8 @@ def parse_policy(payload: Mapping[str, Any], now: datetime | None = None) -> Pol
     elif policy_id is not None and not POLICY_ID.fullmatch(policy_id):
         problems.append(Problem("policyId" if pid else "policyName",
                                 "must be 1 to 128 letters, digits, '.', '_', '~' or '-', starting with a letter or digit"))  # fmt: skip
-    for optional in ("policyQueueName", "description", "policyLastModificationTime"):
+    queue_name = text("policyQueueName", False)
+    for optional in ("description", "policyLastModificationTime"):
         text(optional, False)
     expires: datetime | None = None
     raw = text("policyExpirationTime", False)
@@ -236,4 +226,4 @@ def parse_policy(payload: Mapping[str, Any], now: datetime | None = None) -> Pol
     if problems:
         raise DocumentError(problems)
     assert owner is not None and domain is not None and kind is not None and policy_id is not None
-    return PolicyDocument(policy_id, owner, domain, kind, expires, list(rules))  # type: ignore[arg-type]
+    return PolicyDocument(policy_id, owner, domain, kind, expires, list(rules), queue_name)  # type: ignore[arg-type]

@@ -2,9 +2,10 @@
 
 It follows NENA's Policy Store OpenAPI (``i3-policy-store.yaml``, NENA-STA-010.3 section 4.9:
 ``PolicyArray``, the ``Jws`` of ``i3-common.yaml``, 434 and 438) and says exactly what
-``firebox.policy.app`` does, where that differs (the policy addressed by ``policyId`` in the
-path, versions, ``ETag``/``If-Match``, a signed ``DELETE``, problem JSON on every 4xx).
-Property tests (schemathesis) hold the service to it.
+``firebox.policy.app`` does: NENA's query form of naming a policy (``policyOwner``,
+``policyType``, ``policyId``/``policyName``/``policyQueueName``) and, as an alias, the policy
+addressed by ``policyId`` in the path; and what firebox adds (versions, ``ETag``/``If-Match``,
+a signed ``DELETE``, problem JSON on every 4xx). Property tests (schemathesis) hold the service to it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,12 @@ from typing import Any
 
 from firebox import __version__
 from firebox.policy.document import POLICY_ID
+from firebox.restapi import openapi_problem_response, openapi_problem_schema, openapi_ref, openapi_versions_schema
 
 __all__ = ["openapi_document"]
 
-PROBLEM = "application/problem+json"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
+_ref = openapi_ref
+_problem = openapi_problem_response
 
 
 def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,6 +48,33 @@ _WRITE_ERRORS = {
     "438": _problem("Unacceptable Algorithm"),
 }
 _JWS_BODY = {"required": True, "content": {"application/json": {"schema": _ref("Jws")}}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "The ETag of the version the writer saw (or *)"}  # fmt: skip
+# NENA's way of naming one policy (section 4.9): its owner, its type, and its id (policyName
+# is a synonym) or, for a route policy, its queue name.
+_SELECTOR_PARAMS = [
+    _query("policyId", "The policy's id", {"type": "string"}),
+    _query("policyName", "The policy's id (a synonym of policyId)", {"type": "string"}),
+    _query("policyQueueName", "The queue a route policy is for", {"type": "string"}),
+]
+_NAMED = [
+    {**_query("policyOwner", "The policy's owner", {"type": "string", "minLength": 1}), "required": True},
+    {**_query("policyType", "The policy's type", {"type": "string", "minLength": 1}), "required": True},
+    *_SELECTOR_PARAMS,
+]
+_DELETE_RESPONSES = {
+    "200": _json("Deleted", {
+        "type": "object", "required": ["policyId", "deletedVersion"],
+        "properties": {"policyId": {"type": "string"}, "deletedVersion": {"type": "integer"}},
+    }),
+    "400": _problem("Not a flattened JSON JWS, a bad delete request, or a bad query"),
+    "403": _problem("The signer is not the policy's owner"),
+    "404": _problem("No such policy"),
+    "412": _problem("policyVersion is not the current version"),
+    "413": _problem("Request too big"),
+    "434": _problem("Signature Verification Failure"),
+    "438": _problem("Unacceptable Algorithm"),
+}  # fmt: skip
 
 
 def openapi_document() -> dict[str, Any]:
@@ -75,11 +97,36 @@ def openapi_document() -> dict[str, Any]:
                                {"type": "integer", "format": "int32", "minimum": 1}),
                         _query("policyOwner", "Owner of the policies", {"type": "string"}),
                         _query("policyType", "Type of the policies", {"type": "string"}),
+                        *_SELECTOR_PARAMS,
                     ],
                     "responses": {
-                        "200": _json("Policies found", _ref("PolicyArray")),
+                        "200": _json("Policies found (one at most when a policyId, policyName or "
+                                     "policyQueueName names it)", _ref("PolicyArray")),
                         "400": _problem("Bad query parameter (each one named in errors)"),
                     },
+                },
+                "put": {
+                    "operationId": "StorePolicy",
+                    "summary": "NENA's store-or-replace: the policy named by policyOwner, policyType and one of "
+                    "policyId, policyName, policyQueueName (NENA-STA-010.3 4.9)",
+                    "parameters": [*_NAMED, _IF_MATCH],
+                    "requestBody": _JWS_BODY,
+                    "responses": {
+                        "200": _json("Stored as the next version", _ref("Written"), written),
+                        "201": _json("Stored as a new policy", _ref("Written"), written),
+                        **_WRITE_ERRORS,
+                        "409": _problem("The policyId belongs to another owner or type, or the JWS was issued "
+                                        "(iat) no later than the stored version (a replay)"),
+                        "412": _problem("If-Match does not name the current version"),
+                        "503": _problem("The policy kept changing under the request; try again"),
+                    },
+                },
+                "delete": {
+                    "operationId": "DeleteNamedPolicy",
+                    "summary": "Delete the policy named by the query (as DELETE /Policies/{policyId})",
+                    "parameters": _NAMED,
+                    "requestBody": _JWS_BODY,
+                    "responses": _DELETE_RESPONSES,
                 },
                 "post": {
                     "operationId": "CreatePolicy",
@@ -89,7 +136,8 @@ def openapi_document() -> dict[str, Any]:
                         "201": _json("Stored as version 1 (or the next version of a deleted policy)",
                                      _ref("Written"), written),
                         **_WRITE_ERRORS,
-                        "409": _problem("The policyId is in use"),
+                        "409": _problem("The policyId is in use, or (a deleted policy stored again) the JWS was "
+                                        "issued (iat) no later than its last version"),
                     },
                 },
             },
@@ -107,19 +155,20 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "put": {
                     "operationId": "UpdatePolicy",
-                    "summary": "Store a new version",
+                    "summary": "Store a new version (its JWS protected header's iat later than the stored one's)",
                     "parameters": [
                         _ID,
-                        {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
-                         "description": "The ETag of the version the writer saw (or *)"},
+                        _IF_MATCH,
                     ],
                     "requestBody": _JWS_BODY,
                     "responses": {
                         "200": _json("Stored as the next version", _ref("Written"), written),
                         **_WRITE_ERRORS,
                         "404": _problem("No such policy"),
-                        "409": _problem("The document names another owner or type than the policy has"),
+                        "409": _problem("The document names another owner or type than the policy has, or "
+                                        "its JWS was issued (iat) no later than the stored version (a replay)"),
                         "412": _problem("If-Match does not name the current version"),
+                        "503": _problem("The policy kept changing under the request; try again"),
                     },
                 },
                 "delete": {
@@ -128,19 +177,7 @@ def openapi_document() -> dict[str, Any]:
                     "as a policy of that owner",
                     "parameters": [_ID],
                     "requestBody": _JWS_BODY,
-                    "responses": {
-                        "200": _json("Deleted", {
-                            "type": "object", "required": ["policyId", "deletedVersion"],
-                            "properties": {"policyId": {"type": "string"}, "deletedVersion": {"type": "integer"}},
-                        }),
-                        "400": _problem("Not a flattened JSON JWS, or a bad delete request"),
-                        "403": _problem("The signer is not the policy's owner"),
-                        "404": _problem("No such policy"),
-                        "412": _problem("policyVersion is not the current version"),
-                        "413": _problem("Request too big"),
-                        "434": _problem("Signature Verification Failure"),
-                        "438": _problem("Unacceptable Algorithm"),
-                    },
+                    "responses": _DELETE_RESPONSES,
                 },
             },
             "/Policies/{policyId}/versions": {
@@ -233,46 +270,6 @@ def _schemas() -> dict[str, Any]:
                 "versions": {"type": "array", "items": _ref("PolicySummary")},
             },
         },
-        "VersionsArray": {
-            "type": "object",
-            "required": ["versions"],
-            "properties": {
-                "versions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["major", "minor"],
-                        "properties": {
-                            "major": {"type": "integer"},
-                            "minor": {"type": "integer"},
-                            "vendor": {"type": "string"},
-                            "serviceInfo": {"type": "object"},
-                        },
-                    },
-                },
-                "fingerprint": {"type": "string"},
-            },
-        },
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status", "detail", "errors"],
-            "properties": {
-                "type": {"type": "string"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["pointer", "member", "detail"],
-                        "properties": {
-                            "pointer": {"type": "string"},
-                            "member": {"type": "string"},
-                            "detail": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
+        "VersionsArray": openapi_versions_schema(),
+        "Problem": openapi_problem_schema(),
     }

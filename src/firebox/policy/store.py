@@ -223,6 +223,16 @@ class PolicyStore(ABC):
         record = _version(rows[0]) if rows else None
         return None if record is None or record.expired(now_us) else record
 
+    def latest(self, policy_id: str) -> PolicyVersion | None:
+        """The last version stored, whether served, deleted or expired (what a replacement
+        must be newer than)."""
+        rows = self._select(
+            f"SELECT {_VCOLS} FROM policies p JOIN policy_versions v "
+            f"ON v.policy_id = p.policy_id AND v.version = p.current WHERE p.policy_id = {self.PH}",
+            [policy_id],
+        )
+        return _version(rows[0]) if rows else None
+
     def version(self, policy_id: str, version: int, now_us: int) -> PolicyVersion | None:
         """Version ``version`` of a served policy, unless that version has expired."""
         if self.current(policy_id, now_us) is None:

@@ -5,6 +5,7 @@ store), delete requests. Not used by the service itself."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -36,10 +37,13 @@ def policy(
     return doc
 
 
-def body(signer: Signer, payload: dict[str, Any]) -> bytes:
+def body(signer: Signer, payload: dict[str, Any], iat: float | None = None) -> bytes:
     """The JWS of ``payload`` as a request body, pretty-printed (not the compact form the
-    store would produce if it re-serialized)."""
-    return (json.dumps(signer.sign(payload), indent=2) + "\n").encode()
+    store would produce if it re-serialized), issued now (``iat`` in its protected header;
+    given: that time)."""
+    issued = time.time() if iat is None else iat
+    token = jwslib.sign(payload, signer.key, x5c=signer.x5c, extra={"iat": issued})
+    return (json.dumps(token, indent=2) + "\n").encode()
 
 
 def delete_body(signer: Signer, policy_id: str, version: int, owner: str = "psap.example.net") -> bytes:

@@ -11,10 +11,18 @@ only then installed, as a whole, by one assignment (``router.rules = ruleset``,
 
 * a call already routed keeps the decision it has (``Router.route`` reads the rules once,
   its failover list is fixed at that moment); the next call uses the new rules;
-* a version that does not pass, a 404 (deleted or expired policy), an error answer, a
-  timeout or a store that is down leave the last good rules in place, logged with the reason
-  (``last_error``): the rules are never emptied because the store cannot be read. The bad
-  version is not looked at again until the store serves another one.
+* a version that does not pass, an error answer, a timeout or a store that is down leave
+  the last good rules in place, logged with the reason (``last_error``): the rules are never
+  emptied because the store cannot be read. The bad version is not looked at again until the
+  store serves another one;
+* a policy withdrawn is another matter. A 404 from the store (the policy was deleted, or
+  has expired: section 4.9, an expired policy is not served) is an explicit answer, not a
+  failure: its owner no longer wants those rules applied. So is the installed version's own
+  ``policyExpirationTime`` passing, even while the store cannot be reached. The watch then
+  reverts the element to its own rules from the deployment (``baseline``: what it ran before
+  any policy was installed; for an ESRP, routing by the ECRF's answer and the PSAPs'
+  alternates, so calls keep being routed), logs it at WARNING and announces it
+  (``on_change``, ``changes``). A later version of the policy is installed as usual.
 
 ``watch_esrp`` / ``watch_bcf`` build one for an ESRP ``Router`` / a ``Bcf``.
 """
@@ -46,7 +54,7 @@ from firebox.policy.document import (
     parse_policy,
 )
 
-__all__ = ["Installed", "PolicyWatch", "watch_bcf", "watch_esrp"]
+__all__ = ["Change", "Installed", "PolicyWatch", "watch_bcf", "watch_esrp"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,19 @@ class Installed:
     version: int
     etag: str
     rules: Any
+    at: datetime
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change of the rules an element runs: ``installed`` (a policy version) or
+    ``reverted`` (back to the element's own rules: the policy was deleted or expired)."""
+
+    kind: str
+    policy_id: str
+    version: int | None
+    reason: str
     at: datetime
 
 
@@ -85,6 +106,9 @@ class PolicyWatch:
         timeout: float = 2.0,
         http: httpx.AsyncClient | None = None,
         name: str = "policy",
+        baseline: Any = None,
+        on_change: Callable[[Change], object] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.url = f"{url.rstrip('/')}/Policies/{quote(policy_id, safe='')}"
         self.policy_id = policy_id
@@ -98,6 +122,12 @@ class PolicyWatch:
         self.timeout = timeout
         self.http = http
         self.name = name
+        #: the element's own rules, installed again when the policy is withdrawn
+        self.baseline = baseline
+        self.on_change = on_change
+        self.clock = clock
+        #: every change of the rules, in order (installed, reverted)
+        self.changes: list[Change] = []
         self.installed: Installed | None = None
         #: why the last poll did not install anything new (None: it did, or nothing changed)
         self.last_error: str | None = None
@@ -109,7 +139,23 @@ class PolicyWatch:
         return self.installed.version if self.installed else None
 
     async def poll_once(self) -> bool:
-        """One look at the store; True if a new version was installed."""
+        """One look at the store; True if the rules changed (a new version installed, or the
+        element's own rules back because the policy was deleted or expired)."""
+        expired = self._expired()
+        if expired is not None:
+            self._revert(expired)
+            changed = True
+        else:
+            changed = False
+        return await self._poll() or changed
+
+    def _expired(self) -> str | None:
+        inst = self.installed
+        if inst is not None and inst.expires is not None and inst.expires <= self.clock():
+            return f"version {inst.version} expired at {inst.expires.isoformat()}"
+        return None
+
+    async def _poll(self) -> bool:
         headers = {"Accept": "application/json"}
         if self._seen is not None:
             headers["If-None-Match"] = self._seen
@@ -123,26 +169,54 @@ class PolicyWatch:
                 await http.aclose()
         if reply.status_code == 304:
             return False
+        if reply.status_code == 404 and self.installed is not None:
+            return self._revert(f"the store no longer serves it (deleted or expired): {_detail(reply)}")
         if reply.status_code != 200:
             return self._keep(f"store answered {reply.status_code}: {_detail(reply)}")
         etag = reply.headers.get("etag", "")
         self._seen = etag or None
         try:
-            version, rules = self._check(reply.content, etag)
+            version, rules, expires = self._check(reply.content, etag)
         except ValueError as exc:
             return self._keep(f"version {etag or '?'} refused: {exc}")
         self.install(rules)
-        self.installed = Installed(version, etag, rules, datetime.now(UTC))
+        self.installed = Installed(version, etag, rules, self.clock(), expires)
         self.last_error = None
         log.info("%s %s: version %d installed", self.name, self.policy_id, version)
+        self._announce(Change("installed", self.policy_id, version, "a new version", self.clock()))
         return True
 
-    def _check(self, document: bytes, etag: str) -> tuple[int, Any]:
-        """The version number and the element's rules of a served policy (``ValueError``)."""
+    def _revert(self, why: str) -> bool:
+        """The policy is withdrawn: the element's own rules again, logged and announced."""
+        old = self.installed
+        if old is None:
+            return False
+        if self.baseline is None:  # a watch given no own rules: the last good ones stay
+            return self._keep(f"{why}; no own rules to revert to")
+        self.install(self.baseline)
+        self.installed = None
+        self._seen = None
+        self.last_error = why
+        log.warning("%s %s: %s; reverted from version %d to the element's own rules",
+                    self.name, self.policy_id, why, old.version)  # fmt: skip
+        self._announce(Change("reverted", self.policy_id, old.version, why, self.clock()))
+        return True
+
+    def _announce(self, change: Change) -> None:
+        self.changes.append(change)
+        if self.on_change is not None:
+            try:
+                self.on_change(change)
+            except Exception:  # noqa: BLE001 -- an announcement never stops the watch
+                log.exception("%s %s: announcing a change failed", self.name, self.policy_id)
+
+    def _check(self, document: bytes, etag: str) -> tuple[int, Any, datetime | None]:
+        """The version number, the element's rules and the expiry of a served policy
+        (``ValueError``)."""
         verified = jwslib.verify(document, trust=self.trust, allow_none=self.allow_unsigned)
         payload = verified.payload
         try:
-            doc = parse_policy(payload, datetime.now(UTC))
+            doc = parse_policy(payload, self.clock())
         except DocumentError as exc:
             raise ValueError(str(exc)) from None
         if doc.policy_id != self.policy_id:
@@ -156,7 +230,7 @@ class PolicyWatch:
             rules = self.load(doc.policy_type, doc.rules, version)
         except DocumentError as exc:
             raise ValueError(str(exc)) from None
-        return version, rules
+        return version, rules, doc.expires
 
     def _keep(self, why: str) -> bool:
         kept = f"version {self.installed.version}" if self.installed else "the element's own rules"
@@ -209,6 +283,7 @@ def watch_esrp(router: Router, url: str, policy_id: str, *, chains: Chains | Non
         router.rules = rules
 
     kw.setdefault("name", "ESRP routing policy")
+    kw.setdefault("baseline", router.rules)  # the deployment's: ECRF answer, then alternates
     return PolicyWatch(url, policy_id, install, load, types=ESRP_TYPES, **kw)
 
 
@@ -222,4 +297,5 @@ def watch_bcf(bcf: Bcf, url: str, policy_id: str, **kw: Any) -> PolicyWatch:
         return loaded
 
     kw.setdefault("name", "BCF rules")
+    kw.setdefault("baseline", bcf.rules)
     return PolicyWatch(url, policy_id, bcf.set_rules, load, types=BCF_TYPES, **kw)
