@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import shapely
 import uvicorn
 from rich.console import Console
 
-from firebox.demo.state import generate_state
 from firebox.deployment import load_deployment
 from firebox.esrp.policy import DestinationKind, RuleSet, chains_from_deployment
 from firebox.esrp.router import InProcessLost, Router

@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 SOS = "urn:service:sos"
 SERVICE_PREFIX = "urn:service:"
+TEST_PREFIX = "urn:service:test."
 _PROFILES = (Profile.GEODETIC_2D.value, Profile.CIVIC.value)
 #: Boundary attributes that may hold a municipality name, for civic matching without an LVF.
 NAME_ATTRIBUTES = ("TOWN", "NAME", "name", "town", "CITY", "city", "MUNICIPALITY", "municipality")
@@ -616,6 +617,11 @@ class Ecrf:
             result = LostError(ErrorKind.BAD_REQUEST, _not_urn(service or ""))
         elif svc in self._layers:
             result = (svc, False)
+        elif svc.startswith(TEST_PREFIX) and len(svc) > len(TEST_PREFIX):
+            # An i3 test call (urn:service:test.sos, RFC 6881 section 15, NENA-STA-010.3) is
+            # routed as the service it tests, to the PSAP a real call from there would reach.
+            tested = self._resolve(SERVICE_PREFIX + svc[len(TEST_PREFIX):])
+            result = tested if isinstance(tested, LostError) else (tested[0], False)
         else:
             result = LostError(ErrorKind.SERVICE_NOT_IMPLEMENTED, self._not_served(service))
             parent = _parent(svc)

@@ -151,6 +151,16 @@ def resolve_reference(
     return find_location(request, start=step.remaining, problems=problems)
 
 
+#: The Content-ID prefix of a default location the ESRP added (``add_default``), so that the
+#: PSAP can tell the call-taker the location is not the caller's.
+DEFAULT_CID_PREFIX = "default-"
+
+
+def is_default_location(uri: str) -> bool:
+    """Whether the Geolocation URI ``uri`` is a default location an ESRP added."""
+    return uri.lower().startswith("cid:" + DEFAULT_CID_PREFIX)
+
+
 def add_default(request: Request, default: Presence, fqdn: str) -> tuple[Request, str]:
     """``request`` with ``default`` as its top-most location: a PIDF-LO part with a new
     Content-ID added to the body (a single body becomes multipart/mixed; parts already there
@@ -158,7 +168,7 @@ def add_default(request: Request, default: Presence, fqdn: str) -> tuple[Request
     and the cid: URI. The caller's Geolocation headers stay, after ours."""
     pidf = serialize_pidf(default)
     digest = hashlib.sha1(pidf + request.call_id.encode()).hexdigest()[:16]
-    cid = f"default-{digest}@{fqdn}"
+    cid = f"{DEFAULT_CID_PREFIX}{digest}@{fqdn}"
     headers = request.headers.copy()
     problems: list[str] = []
     parts = _parts(request, problems)

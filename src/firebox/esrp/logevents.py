@@ -26,7 +26,6 @@ waits for the events handed over so far to be spooled and then delivered.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import uuid
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from firebox.esrp.policy import RouteDecision
 from firebox.logging.events import (
@@ -51,9 +50,10 @@ from firebox.logging.events import (
     new_call_id,
     new_incident_id,
 )
+from firebox.logging.queue import EventQueue, EventSink
 from firebox.sip.message import Message, Request, serialize
 
-__all__ = ["CallLogger", "LoggedLost", "current_call"]
+__all__ = ["CallLogger", "EventSink", "LoggedLost", "current_call"]
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ MAX_CALLS = 10_000
 MAX_PENDING = 200
 
 ROUTE_POLICY_TYPE = "OriginationRoutingPolicy"
-
-
-class EventSink(Protocol):
-    """What ``CallLogger`` needs of a ``LogSender``."""
-
-    async def send(self, event: LogEvent) -> str: ...
-
-    async def drain(self, timeout: float | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -111,25 +103,21 @@ def _peer(address: Any) -> str | None:
     return f"{host}:{port}"
 
 
-class CallLogger:
+class CallLogger(EventQueue):
     """Log events of one BCF + ESRP element. ``sender`` is a ``LogSender`` (or anything
     with ``send``/``drain``); ``element_id`` the element's FQDN (``elementId``, and the
     domain of identifiers it assigns itself); ``agency_id`` its agency's domain;
     ``signaling``: log every SIP message (``CallSignalingMessageLogEvent``)."""
 
+    TASK_NAME = "esrp-call-logger"
+
     def __init__(self, sender: EventSink, *, element_id: str, agency_id: str, signaling: bool = True) -> None:
-        self.sender = sender
+        super().__init__(sender)
         self.element_id = element_id
         self.agency_id = agency_id
         self.signaling = signaling
         self.calls: OrderedDict[str, _CallState] = OrderedDict()
-        self.sent: list[str] = []  # clientAssignedIdentifier of every event spooled, in order
-        self.errors = 0
         self.dropped = 0
-        self._queue: list[LogEvent] = []
-        self._worker: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     # --- what the element tells ---------------------------------------------------------
 
@@ -175,6 +163,13 @@ class CallLogger:
         else:
             router.lost = LoggedLost(lost, self)
 
+    def current_ids(self) -> tuple[str | None, str | None]:
+        """The i3 ``(callId, incidentId)`` of the call being routed in this task (``routing``),
+        or ``(None, None)``: what the in-process ECRF logs its part of the call under."""
+        sip_call_id = current_call.get()
+        state = self.calls.get(sip_call_id) if sip_call_id else None
+        return (state.call_id, state.incident_id) if state is not None else (None, None)
+
     @contextmanager
     def routing(self, sip_call_id: str) -> Iterator[None]:
         """Within: LoST queries belong to ``sip_call_id``."""
@@ -184,34 +179,9 @@ class CallLogger:
         finally:
             current_call.reset(token)
 
-    # --- waiting ------------------------------------------------------------------------
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """Wait until every event handed over so far is spooled (or failed, logged)."""
-        async with asyncio.timeout(timeout):
-            while self._queue or (self._worker is not None and not self._worker.done()):
-                await self._idle.wait()
-                if self._worker is not None and not self._worker.done() and not self._queue:
-                    await asyncio.gather(self._worker, return_exceptions=True)
-
-    async def drain(self, timeout: float | None = None) -> None:
-        """``flush``, then wait until the sender delivered everything (``TimeoutError``)."""
-        async with asyncio.timeout(timeout):
-            await self.flush()
-            await self.sender.drain()
-
-    async def aclose(self) -> None:
-        """Spool what is queued; the sender is closed by its owner."""
-        await self.flush()
-
     # --- internals ----------------------------------------------------------------------
 
-    def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001 -- logging must never fail a call
-            self.errors += 1
-            log.exception("i3 call logging failed")
+    _guard = EventQueue.guard
 
     def _state(self, sip_call_id: str, create: bool = False) -> _CallState | None:
         state = self.calls.get(sip_call_id)
@@ -240,26 +210,7 @@ class CallLogger:
                 return
             state.pending.append(event)
             return
-        self._queue.append(event)
-        self._idle.clear()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="esrp-call-logger")
-
-    async def _work(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                # send() spools in call order (each reaches its spool queue before its first
-                # await), and the sender commits the batch in one write.
-                results = await asyncio.gather(*(self.sender.send(e) for e in batch), return_exceptions=True)
-                for event, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self.errors += 1
-                        log.error("i3 log event %s not spooled: %r", event.TYPE, result)
-                    else:
-                        self.sent.append(result)
-        finally:
-            self._idle.set()
+        self.emit(event)
 
     def _signaling(self, message: Message, direction: Direction, peer: Any) -> None:
         try:

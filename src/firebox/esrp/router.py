@@ -24,12 +24,10 @@ from typing import Any, Protocol
 import httpx
 
 from firebox.esrp.location import Located, NeedDereference, add_default, find_location, resolve_reference
-from firebox.esrp.policy import CallContext, CallMedium, Chains, RouteDecision, RuleSet, decide
-from firebox.esrp.states import StateTable
-from firebox.held.codec import LocationResponse, dereference_request
-from firebox.held.codec import parse as held_parse
-from firebox.held.codec import serialize as held_serialize
-from firebox.location.pidf import PidfLocation, Presence, serialize_pidf
+from firebox.esrp.policy import CallContext, CallMedium, Chains, PsapChain, RouteDecision, RuleSet, decide
+from firebox.esrp.states import StateTable, uri_key
+from firebox.held.client import dereference as held_dereference
+from firebox.location.pidf import PidfLocation, Presence
 from firebox.lost.messages import ErrorsResponse, FindServiceResponse
 from firebox.sip import Request, caller_uri
 
@@ -82,27 +80,22 @@ class Router:
     http: httpx.AsyncClient | None = None
     held_timeout: float = 0.5
     lost_timeout: float = 0.5
+    _queues: dict[str, PsapChain] = field(default_factory=dict, init=False, repr=False)
+    _queues_of: Chains | None = field(default=None, init=False, repr=False)
+
+    def named_queue(self, uri: str) -> PsapChain | None:
+        """The PSAP whose queue ``uri`` names (a transfer), if any; service URNs never do."""
+        if uri[:4].lower() == "urn:":
+            return None
+        chains = self.chains
+        if self._queues_of is not chains:
+            self._queues = {uri_key(p.uri): p for p in chains.values()}
+            self._queues_of = chains
+        return self._queues.get(uri_key(uri))
 
     async def _dereference(self, uri: str) -> tuple[bytes | None, str | None]:
         """The PIDF-LO behind a location URI (HELD POST, RFC 6753), or why there is none."""
-        http = self.http or httpx.AsyncClient()
-        try:
-            async with asyncio.timeout(self.held_timeout):
-                answer = await http.post(uri, content=held_serialize(dereference_request()), headers={"Content-Type": HELD_TYPE, "Accept": HELD_TYPE})
-        except (TimeoutError, httpx.TimeoutException):
-            return None, f"no answer within {self.held_timeout:g} s"
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"
-        finally:
-            if self.http is None:
-                await http.aclose()
-        try:
-            message = held_parse(answer.content)
-        except ValueError as exc:
-            return None, f"HTTP {answer.status_code}, not a HELD answer: {exc}"
-        if isinstance(message, LocationResponse) and message.presence is not None:
-            return serialize_pidf(message.presence), None
-        return None, f"HELD {type(message).__name__}: {getattr(message, 'message', '')}".strip()
+        return await held_dereference(self.http, uri, timeout=self.held_timeout)
 
     async def locate(self, request: Request) -> tuple[Request, PidfLocation, str, list[str]]:
         step = find_location(request)
@@ -119,19 +112,28 @@ class Router:
         now = now or datetime.now(UTC)
         request, location, how, log = await self.locate(request)
         service = request.uri if request.uri.lower().startswith("urn:service:") else "urn:service:sos"
-        lost_location: Any = location.shapes[0] if location.shapes else location.civic
         ecrf_uri = None
-        try:
-            async with asyncio.timeout(self.lost_timeout):
-                answer = await self.lost.find_service(lost_location, service)
-        except Exception as exc:  # noqa: BLE001 -- a LoST failure must still route the call
-            log.append(f"LoST failed ({type(exc).__name__}: {exc}); default route")
+        named = self.named_queue(request.uri)
+        if named is not None:
+            # A PSAP transferring a call sends it back through the ESRP with the target
+            # queue as Request-URI (NENA-STA-010.3 section 4.2: the ESRP routes on the
+            # Request-URI when it names a queue): policy, states and the target's alternates
+            # still apply, but LoST on the caller's location would send it home again.
+            ecrf_uri = named.uri
+            log.append(f"Request-URI names the queue of {named.psap_id}: routed there without LoST")
         else:
-            if isinstance(answer, FindServiceResponse) and answer.mappings and answer.mappings[0].uris:
-                ecrf_uri = answer.mappings[0].uris[0]
-                log.append(f"LoST {service}: {ecrf_uri}")
+            lost_location: Any = location.shapes[0] if location.shapes else location.civic
+            try:
+                async with asyncio.timeout(self.lost_timeout):
+                    answer = await self.lost.find_service(lost_location, service)
+            except Exception as exc:  # noqa: BLE001 -- a LoST failure must still route the call
+                log.append(f"LoST failed ({type(exc).__name__}: {exc}); default route")
             else:
-                log.append(f"LoST {service}: no mapping ({answer}); default route")
+                if isinstance(answer, FindServiceResponse) and answer.mappings and answer.mappings[0].uris:
+                    ecrf_uri = answer.mappings[0].uris[0]
+                    log.append(f"LoST {service}: {ecrf_uri}")
+                else:
+                    log.append(f"LoST {service}: no mapping ({answer}); default route")
         call = CallContext(
             call_id=request.call_id,
             service_urn=service,

@@ -94,6 +94,10 @@ class CallResult:
     status: int | None = None
     setup_ms: float | None = None
     ended_by: str | None = None  # "carrier" or "psap"
+    #: The final answer's Contact and reason phrase: who answered (a probe checks it is
+    #: the PSAP it meant to reach) or why not.
+    contact: str | None = None
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -286,7 +290,7 @@ class Carrier:
             return CallResult(Outcome.NO_ANSWER)
         if final.status >= 300:
             self.server.send(build_ack(invite, final), self.ingress)
-            return CallResult(Outcome.FAILED, final.status)
+            return CallResult(Outcome.FAILED, final.status, reason=final.reason)
         setup_ms = (time.perf_counter() - t0) * 1000
         dialog = self._dialog(invite, final, tag)
         uac.dialog = dialog
@@ -301,10 +305,11 @@ class Carrier:
         finally:
             for w in waits:
                 w.cancel()
+        contact = final.headers.get("Contact")
         if uac.remote_bye.is_set():
-            return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap")
+            return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap", contact, final.reason)
         await self._bye(dialog, uac)
-        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier")
+        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier", contact, final.reason)
 
     def _dialog(self, invite: Request, ok: Response, tag: str) -> Dialog:
         """The UAC's dialog of a 2xx (RFC 3261 12.1.2): route set the 2xx's Record-Route in
