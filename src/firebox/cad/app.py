@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from firebox import restapi
 from firebox.cad.eido import EidoError
 from firebox.cad.model import (
     CadError,
@@ -50,7 +51,7 @@ from firebox.cad.model import (
 )
 from firebox.cad.service import Cad
 
-PROBLEM = "application/problem+json"
+PROBLEM = restapi.PROBLEM_MEDIA_TYPE
 ACTOR_HEADER = "X-Firebox-Actor"
 MAX_BODY = 256 * 1024
 
@@ -62,16 +63,9 @@ class _Problem(Exception):
 
 
 def problem(status: int, title: str, errors: list[tuple[str, str]] | None = None) -> JSONResponse:
-    """RFC 9457 problem details; ``errors`` lists (member, what is wrong)."""
-    errors = errors or []
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": "; ".join(f"{m}: {d}" if m else d for m, d in errors) or title,
-        "errors": [{"member": m, "detail": d} for m, d in errors],
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    """RFC 9457 problem details (``firebox.restapi``); ``errors`` lists (member, what is
+    wrong), each answered with its member and JSON pointer."""
+    return restapi.problem(status, title, [restapi.Problem(m, d) for m, d in errors or []])
 
 
 def _cad_problem(exc: CadError) -> JSONResponse:
@@ -248,13 +242,6 @@ def create_cad_app(cad: Cad, *, clock: Callable[[], datetime] = lambda: datetime
         target = request.query_params.get("target")
         return JSONResponse({"audit": [r.to_json() for r in cad.audit(target)]})
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        reply = problem(exc.status_code, str(exc.detail), [("", f"{request.method} {request.url.path}: {exc.detail}")])
-        for name, value in (exc.headers or {}).items():
-            reply.headers[name] = value
-        return reply
-
     I = "/cad/incidents/{incident_id}"
     routes = [
         Route("/cad/incidents", endpoint(list_incidents), methods=["GET"]),
@@ -272,7 +259,7 @@ def create_cad_app(cad: Cad, *, clock: Callable[[], datetime] = lambda: datetime
         Route("/cad/boxes/{box}/alarm", endpoint(box_alarm), methods=["POST"]),
         Route("/cad/audit", endpoint(audit), methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: restapi.http_error})
 
 
 def _enum(cls: Any, value: Any, member: str) -> Any:

@@ -20,13 +20,15 @@ from firebox.location.shapes import Point
 @dataclass(frozen=True, slots=True)
 class AlarmBox:
     """A street fire alarm box: its number, where it stands ("CHARTER at SALEM STS"), its
-    point, and the fire district that answers it."""
+    point, the fire district that answers it, and its response assignment (the running
+    card that says which companies go: Boston's ``RESPONDARE``)."""
 
     number: str
     location: str
     point: Point
     district: str | None = None
     town: str | None = None
+    assignment: str | None = None
 
 
 BoxTable = Mapping[str, AlarmBox]
@@ -55,6 +57,7 @@ def load_boxes_geojson(
     number_field: str = "BOX",
     location_field: str = "LOCATION",
     district_field: str | None = "DISTRICT",
+    assignment_field: str | None = "RESPONDARE",
     town: str | None = None,
 ) -> dict[str, AlarmBox]:
     """A box table from a GeoJSON file of Point features (the field names default to the
@@ -75,11 +78,44 @@ def load_boxes_geojson(
             raise CadError(f"{path}: feature {n}: needs a {number_field} and a Point geometry")
         lon, lat = (float(c) for c in geom["coordinates"][:2])
         district = props.get(district_field) if district_field else None
+        assignment = str(props.get(assignment_field) or "").strip() if assignment_field else ""
         table.setdefault(number, AlarmBox(
             number, str(props.get(location_field) or "").strip(), Point(lat=lat, lon=lon),
-            str(district).strip() if district else None, town,
+            str(district).strip() if district else None, town, assignment or None,
         ))  # fmt: skip
     return table
+
+
+@dataclass(frozen=True, slots=True)
+class Station:
+    """A fire or police station: where units are housed."""
+
+    id: str
+    kind: str  # "fire" or "police"
+    name: str
+    lon: float
+    lat: float
+
+
+def load_stations_geojson(path: str | Path) -> list[Station]:
+    """Stations from a GeoJSON file of Point features with ``id``, ``kind`` (fire or police)
+    and ``name`` (as the demo state writes ``stations.geojson``). A feature without them
+    raises ``CadError`` naming it."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CadError(f"{path}: cannot read a GeoJSON station table: {exc}") from exc
+    stations: list[Station] = []
+    for n, feat in enumerate(doc.get("features") or []):
+        props: dict[str, Any] = feat.get("properties") or {}
+        geom = feat.get("geometry") or {}
+        kind = str(props.get("kind") or "").strip().lower()
+        if not props.get("id") or kind not in ("fire", "police") or geom.get("type") != "Point":
+            raise CadError(f"{path}: feature {n}: needs an id, a kind (fire or police) and a Point geometry")
+        lon, lat = (float(c) for c in geom["coordinates"][:2])
+        stations.append(Station(str(props["id"]), kind, str(props.get("name") or props["id"]), lon, lat))
+    return stations
 
 
 class _DemoStation(Protocol):

@@ -186,9 +186,10 @@ class Cad:
             point=entry.point, description=f"box {entry.number}: {entry.location}",
             validated=True, method="box",
         )  # fmt: skip
+        narrative = f"response assignment {entry.assignment}" if entry.assignment else None
         return self._create(
             at, actor, IncidentType.FIRE, subtype, priority, location,
-            Source(SourceKind.ALARM_BOX, box=entry.number), None,
+            Source(SourceKind.ALARM_BOX, box=entry.number), narrative,
         )  # fmt: skip
 
     def incident_by_hand(
