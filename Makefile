@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
 ARGS   ?=
 
-.PHONY: demo test setup system-tools bench clean
+.PHONY: demo test setup system-tools node-assets bench clean
 
-setup: $(STAMP) system-tools
+setup: $(STAMP) system-tools node-assets
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "firebox needs Python 3.11+"'
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 system-tools:
 	@bash scripts/system-tools.sh
+
+# The console's map library (Leaflet, pinned in package-lock.json), served from node_modules.
+node-assets:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the console's map needs it (apt-get install -y npm; then make setup)"; \
+	elif [ ! node_modules/.package-lock.json -nt package-lock.json ]; then npm ci --no-audit --no-fund --silent; fi
 
 demo: setup
 	$(VENV)/bin/firebox demo $(ARGS)

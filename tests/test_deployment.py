@@ -236,3 +236,34 @@ def test_policy_store_and_policy_references():
     with pytest.raises(DeploymentError) as exc:
         parse_deployment(text.replace("    path: /policy\n", "    path: policy\n"))
     assert any("elements.policy_store.path" in p for p in exc.value.problems), exc.value.problems
+
+
+def test_cad_console_and_monitor_sections_and_their_cross_checks():
+    from firebox.console.auth import hash_password
+
+    h = hash_password("pw", n=2**10)
+    text = LOGGED + (
+        "  cad:\n    store: var/cad.db\n"
+        "  console:\n    users:\n"
+        f"      - {{name: ann, role: call-taker, psap: nowhere, position: p9, password_hash: '{h}'}}\n"
+        f"      - {{name: ann, role: dispatcher, psap: {{psap}}, password_hash: '{h}'}}\n"
+        "  monitor:\n    probe_period_seconds: 10\n    regions: {nowhere: west}\n"
+    )
+    psap = parse_deployment(LOGGED).psaps[0].id
+    text = text.replace("{psap}", psap)
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(text)
+    problems = "\n".join(exc.value.problems)
+    assert "elements.console.users[0].psap: unknown PSAP id 'nowhere'" in problems
+    assert "elements.console.users[0].position: unknown position 'p9'" in problems
+    assert "elements.console.users[1].name: duplicate user 'ann'" in problems
+    assert "elements.monitor.regions.nowhere: unknown PSAP id 'nowhere'" in problems
+    good = text.replace("psap: nowhere, position: p9", f"psap: {psap}").replace("name: ann, role: dispatcher", "name: dan, role: dispatcher")
+    good = good.replace("regions: {nowhere: west}", f"regions: {{{psap}: west}}")
+    dep = parse_deployment(good)
+    assert dep.elements.cad is not None and dep.elements.cad.box_fields.number == "BOX"
+    assert dep.elements.console is not None and [u.name for u in dep.elements.console.users] == ["ann", "dan"]
+    assert dep.elements.monitor is not None and dep.elements.monitor.probe_period_seconds == 10
+    with pytest.raises(DeploymentError) as exc:
+        parse_deployment(good.replace("  cad:\n    store: var/cad.db\n", ""))
+    assert any("elements.console: the console needs elements.cad" in p for p in exc.value.problems), exc.value.problems

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from firebox import __version__
+from firebox.console.cli import console_cli
 from firebox.logging.cli import logs_app
 from firebox.policy.cli import policy_app
 
@@ -27,6 +28,7 @@ app.add_typer(deployment_app, name="deployment")
 app.add_typer(lost_app, name="lost")
 app.add_typer(logs_app, name="logs")
 app.add_typer(policy_app, name="policy")
+app.add_typer(console_cli, name="console")
 
 console = Console()
 #: Generated callers the demo's LIS holds (population-weighted across the towns).
@@ -125,7 +127,8 @@ def demo(
     target = write or workdir
     try:
         deployment_file, state = write_demo(
-            target, seed=seed, n_towns=towns, listen=listen, sip_listen=sip_listen, faults=faults, console=console
+            target, seed=seed, n_towns=towns, listen=listen, sip_listen=sip_listen, faults=faults, console=console,
+            call_handling=True,  # the PSAPs' calls go to the call handling element (console, ACD)
         )
     except DeploymentError as exc:
         for problem in exc.problems:

@@ -29,7 +29,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
 )
@@ -250,11 +252,27 @@ class PolicyRefConfig(_Model):
 
 class LoggingServiceConfig(_Model):
     """A Logging Service this node runs (NENA-STA-010.3 section 4.12): ``store`` is a
-    SQLite file (relative to this file) or a ``sqlite:///``/``postgresql://`` URL."""
+    SQLite file (relative to this file) or a ``sqlite:///``/``postgresql://`` URL; served at
+    ``path`` under ``listen`` (its base URL is ``http://LISTEN`` + ``path``). ``elements.logging``
+    is one such service or a list of them (elements then log to every one)."""
 
     listen: Listen = "127.0.0.1:7070"
+    path: str = Field(default="/", pattern=r"^/([A-Za-z0-9._\-/]*[A-Za-z0-9._\-])?$")
     store: str = "var/logging.db"
     allow_unsigned: bool = True
+
+    @property
+    def url(self) -> str:
+        """The service's base URL (events go to ``url + "/LogEvents"``)."""
+        return f"http://{self.listen}{self.path.rstrip('/')}"
+
+
+# One service or a list: judged as what it is, so errors name only that form's problems.
+LoggingServices = Annotated[
+    Annotated[LoggingServiceConfig, Tag("LoggingServiceConfig")]
+    | Annotated[list[LoggingServiceConfig], Tag("list[LoggingServiceConfig]")],
+    Discriminator(lambda v: "list[LoggingServiceConfig]" if isinstance(v, list) else "LoggingServiceConfig"),
+]
 
 
 class LogEventsConfig(_Model):
@@ -315,6 +333,110 @@ class PsapAgentsConfig(_Model):
     faults: dict[str, AgentMode] = {}
 
 
+class PositionConfig(_Model):
+    """A call-taker position. With ``auto_answer_seconds`` it is a simulated call-taker:
+    signed in at start, it answers what is offered to it after that delay and releases
+    after ``talk_seconds`` (demo load); without, it waits for a person at the console."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._\-]+$")
+    auto_answer_seconds: float | None = Field(default=None, ge=0, le=600)
+    talk_seconds: float = Field(default=30.0, gt=0, le=86400)
+
+
+class CallHandlingPsapConfig(_Model):
+    """One PSAP answered by the call handling element (``firebox.psap.callhandling``): its
+    positions, how a waiting call is offered, and its own overflow rule (a call beyond
+    ``max_queue`` waiting, or still ringing after ``overflow_after_seconds``, is answered
+    486/503 so that the ESRP fails over to the alternate)."""
+
+    positions: list[PositionConfig] = Field(min_length=1)
+    strategy: Literal["ring-all", "longest-idle", "round-robin"] = "longest-idle"
+    max_queue: int = Field(default=20, ge=1, le=10000)
+    overflow_after_seconds: float | None = Field(default=None, gt=0, le=600)
+    ring_no_answer_seconds: float = Field(default=20.0, gt=0, le=600)
+
+
+class CallHandlingConfig(_Model):
+    """The PSAP call handling element (ACD, positions, text, transfer): it answers every PSAP
+    named in ``psaps`` (PSAP id: its call handling), on the SIP address ``listen``; each
+    answered call's RTP goes to an ``echo`` or is recorded (``record`` into ``record_dir``)."""
+
+    listen: Listen = "127.0.0.1:0"
+    media: Literal["echo", "record"] = "echo"
+    record_dir: Path | None = None
+    psaps: dict[str, CallHandlingPsapConfig] = Field(min_length=1)
+
+
+class BoxFieldsConfig(_Model):
+    """The box registry's attribute names (Boston's by default)."""
+
+    number: str = "BOX"
+    location: str = "LOCATION"
+    district: str | None = "DISTRICT"
+    assignment: str | None = "RESPONDARE"
+
+
+class CadConfig(_Model):
+    """The CAD (``firebox.cad``): incidents from calls, fire alarm boxes and walk-ins; units
+    and dispatch. ``store`` a SQLite file (relative to this file); ``boxes`` the box
+    registry (GeoJSON Points); ``stations`` fire and police stations (GeoJSON Points with
+    ``id``, ``kind`` fire/police, ``name``) where the fleet is placed on first start. Its
+    JSON API (``/cad/...``) and the modern boxes' input (``/boxes/...``) are served on
+    ``listen``; ``box_pulses_listen`` is the telegraph interface (UDP, one datagram per
+    pulse: ``firebox.boxes.receiver``), working while the SIP core is down."""
+
+    listen: Listen = "127.0.0.1:7070"
+    fqdn: str | None = None  # default cad.<authority domain>
+    store: str = "var/cad.db"
+    boxes: Path | None = None
+    box_fields: BoxFieldsConfig = BoxFieldsConfig()
+    stations: Path | None = None
+    box_pulses_listen: Listen | None = None
+    box_period_seconds: float = Field(default=0.3, gt=0, le=5)
+
+
+class ConsoleUserConfig(_Model):
+    """One person who may sign in to the console (``firebox console hash-password`` makes
+    the ``password_hash``)."""
+
+    name: str = Field(min_length=1)
+    role: Literal["call-taker", "dispatcher", "supervisor", "administrator"]
+    psap: str
+    password_hash: str = Field(pattern=r"^scrypt\$")
+    position: str | None = None
+    display_name: str | None = None
+
+
+class ConsoleConfig(_Model):
+    """The call-takers' and dispatchers' console (``firebox.console``), at ``path`` under
+    ``listen``; ``audit`` its durable audit trail (SQLite, relative to this file);
+    ``session_secret_file`` the key signing session cookies (none: a random key per start,
+    so a restart signs everyone out). Needs ``elements.cad``."""
+
+    listen: Listen = "127.0.0.1:7070"
+    path: str = Field(default="/console", pattern=r"^/[A-Za-z0-9._\-/]*[A-Za-z0-9._\-]$")
+    users: list[ConsoleUserConfig] = Field(min_length=1)
+    audit: str = "var/console-audit.db"
+    session_secret_file: Path | None = None
+    cad_poll_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+class MonitorConfig(_Model):
+    """The monitor (``firebox.monitor``): it watches every call's i3 log events, places
+    test calls (``urn:service:test.sos``) through the BCF to every PSAP every
+    ``probe_period_seconds`` (0: none), turns both into outage states, and tells
+    ``webhooks`` and ``emails`` (through the SMTP relay ``smtp``) at once. Its views
+    (``/monitor/outages``, ``/monitor/figures``, ``/metrics``) are served on ``listen``;
+    ``regions``: PSAP id -> region, for regional outages."""
+
+    listen: Listen = "127.0.0.1:7070"
+    probe_period_seconds: float = Field(default=30.0, ge=0, le=3600)
+    webhooks: list[HttpUrl] = []
+    emails: list[str] = []
+    smtp: Listen = "127.0.0.1:25"
+    regions: dict[str, str] = {}
+
+
 class Elements(_Model):
     ecrf: EcrfConfig | None = EcrfConfig()
     lis: LisConfig | None = LisConfig()
@@ -322,9 +444,19 @@ class Elements(_Model):
     bcf: BcfConfig | None = None
     esrp: EsrpConfig | None = None
     psap_agents: PsapAgentsConfig | None = None
-    logging: LoggingServiceConfig | None = None
+    call_handling: CallHandlingConfig | None = None
+    logging: LoggingServices | None = None
     log_events: LogEventsConfig | None = None
     policy_store: PolicyStoreConfig | None = None
+    cad: CadConfig | None = None
+    console: ConsoleConfig | None = None
+    monitor: MonitorConfig | None = None
+
+    def logging_services(self) -> list[LoggingServiceConfig]:
+        """The Logging Services this node runs (``logging``: one, a list, or none)."""
+        if self.logging is None:
+            return []
+        return [self.logging] if isinstance(self.logging, LoggingServiceConfig) else list(self.logging)
 
 
 class Deployment(_Model):
@@ -356,6 +488,37 @@ class Deployment(_Model):
                 elif alt not in known:
                     problems.append((("psaps", n, "alternates", k), f"unknown PSAP id '{alt}'"))
         problems += self._check_sip(known)
+        problems += self._check_console(known)
+        if self.elements.monitor is not None:
+            if self.elements.bcf is None:
+                problems.append((("elements", "monitor"), "the monitor watches calls through the BCF: add elements.bcf"))
+            for psap_id in self.elements.monitor.regions:
+                if psap_id not in known:
+                    problems.append((("elements", "monitor", "regions", psap_id), f"unknown PSAP id '{psap_id}'"))
+        return problems
+
+    def _check_console(self, known: set[str]) -> list[tuple[tuple[Any, ...], str]]:
+        cfg = self.elements.console
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        if cfg is None:
+            return problems
+        where = ("elements", "console")
+        if self.elements.cad is None:
+            problems.append((where, "the console needs elements.cad (incidents and units)"))
+        positions = {
+            p.id for ch in ([self.elements.call_handling] if self.elements.call_handling else [])
+            for psap in ch.psaps.values() for p in psap.positions
+        }  # fmt: skip
+        names: set[str] = set()
+        for n, user in enumerate(cfg.users):
+            if user.name in names:
+                problems.append(((*where, "users", n, "name"), f"duplicate user '{user.name}'"))
+            names.add(user.name)
+            if user.psap not in known:
+                problems.append(((*where, "users", n, "psap"), f"unknown PSAP id '{user.psap}'"))
+            if user.position is not None and user.position not in positions:
+                problems.append(((*where, "users", n, "position"),
+                                 f"unknown position '{user.position}' (not in elements.call_handling)"))  # fmt: skip
         return problems
 
     def _check_sip(self, known: set[str]) -> list[tuple[tuple[Any, ...], str]]:
@@ -372,7 +535,15 @@ class Deployment(_Model):
                 problems.append((("elements", "esrp", "default_psap"), f"unknown PSAP id '{els.esrp.default_psap}'"))
             if not self.psaps:
                 problems.append((("elements", "esrp"), "no PSAPs to route calls to"))
-        if els.log_events is not None and not els.log_events.services and els.logging is None:
+        logging_at = {"store": set(), "url": set()}
+        for n, svc in enumerate(els.logging_services()):
+            where = ("elements", "logging", n) if isinstance(els.logging, list) else ("elements", "logging")
+            for key, value in (("url", svc.url), ("store", svc.store)):
+                if value in logging_at[key]:
+                    what = f"at {value}" if key == "url" else f"with store {value}"
+                    problems.append(((*where, "path" if key == "url" else key), f"a second Logging Service {what}"))
+                logging_at[key].add(value)
+        if els.log_events is not None and not els.log_events.services and not els.logging_services():
             problems.append((("elements", "log_events", "services"),
                              "no Logging Service to send to: list services or add elements.logging"))  # fmt: skip
         if els.log_events is not None and els.log_events.certificate is not None and els.log_events.signing_key is None:
@@ -383,12 +554,35 @@ class Deployment(_Model):
                 if psap.simulated:
                     problems.append((("psaps", n, "simulated"), "a simulated PSAP needs elements.psap_agents"))
         else:
-            if not simulated:
+            if not simulated and els.call_handling is None:
+                # (With call handling, the agents still answer the PSAPs' business lines.)
                 problems.append((("elements", "psap_agents"), "no PSAP is marked simulated: true"))
             for psap_id in els.psap_agents.faults:
                 if psap_id not in simulated:
                     what = "not a simulated PSAP" if psap_id in known else "unknown PSAP id"
                     problems.append((("elements", "psap_agents", "faults", psap_id), f"{what} '{psap_id}'"))
+        problems += self._check_call_handling(known, simulated)
+        return problems
+
+    def _check_call_handling(self, known: set[str], simulated: set[str]) -> list[tuple[tuple[Any, ...], str]]:
+        cfg = self.elements.call_handling
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        if cfg is None:
+            return problems
+        where = ("elements", "call_handling")
+        if cfg.media == "record" and cfg.record_dir is None:
+            problems.append(((*where, "record_dir"), "media: record needs a record_dir"))
+        positions: set[str] = set()
+        for psap_id, psap in cfg.psaps.items():
+            if psap_id not in known:
+                problems.append(((*where, "psaps", psap_id), f"unknown PSAP id '{psap_id}'"))
+            elif psap_id in simulated:
+                problems.append(((*where, "psaps", psap_id),
+                                 f"PSAP '{psap_id}' is also simulated: true (answered by the PSAP agents)"))  # fmt: skip
+            for n, position in enumerate(psap.positions):
+                if position.id in positions:
+                    problems.append(((*where, "psaps", psap_id, "positions", n, "id"), f"duplicate position id '{position.id}'"))
+                positions.add(position.id)
         return problems
 
     def psap(self, psap_id: str) -> PsapConfig | None:
@@ -451,7 +645,9 @@ def parse_deployment(text: str, source: str = "deployment.yaml", base: Path | No
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            # Union members (``elements.logging``: one or a list) add their type to the path.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (
+                p.startswith(("function-", "list[")) or p.endswith("Config"))))  # fmt: skip
             line = _line_for(lines, loc)
             where = f" line {line}" if line else ""
             msg = err["msg"].removeprefix("Value error, ")

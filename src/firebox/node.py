@@ -20,7 +20,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ DRAIN_SECONDS = 8.0
 #: A full garbage collection once per this many second-generation passes (settle_heap).
 FULL_GC_EVERY = 1000
 #: How long a stopping node waits for its log events to reach the Logging Services.
-LOG_DRAIN_SECONDS = 10.0
+LOG_DRAIN_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,34 @@ class Node:
     core: EmergencyCore | None = None
     agents: PsapAgents | None = None
     calls: CarrierStats | None = None
-    #: The Logging Service's store (``elements.logging``) and the senders of log events.
+    #: The Logging Service's store (``elements.logging``; the first when there are several)
+    #: and the ESRP's sender of log events.
     log_store: Any = None
     log_sender: Any = None
+    #: Every Logging Service store this node runs, by the service's base URL.
+    log_stores: dict[str, Any] = field(default_factory=dict)
+    #: The ECRF's LoST log events (``firebox.ecrf.logevents.LostLogger``) and its sender.
+    ecrf_log: Any = None
+    ecrf_log_sender: Any = None
+    #: The PSAP call handling element (``elements.call_handling``): the console's
+    #: ``CallHandlingApi``; its i3 log events' logger and sender.
+    call_handling: Any = None
+    psap_log: Any = None
+    psap_log_sender: Any = None
     #: The Policy Store's store (``elements.policy_store``) and the rule watches.
     policy_store: Any = None
+    #: The CAD (``elements.cad``), its fire alarm box receiver and telegraph interface, and
+    #: the console application (``elements.console``).
+    cad: Any = None
+    box_receiver: Any = None
+    #: The monitor (``elements.monitor``): started with the SIP elements.
+    monitor: Any = None
+    box_listener: Any = None
+    console_app: Any = None
     watches: list[Any] = field(default_factory=list)
-    #: What the run's i3 logging did, for the summary: events logged, delivered everywhere
-    #: (before the stop), left in the spool, stored by this node's Logging Service, and
-    #: whether its hash chain verifies.
+    #: What the run's i3 logging did, for the summary: events logged (by element), rejected,
+    #: and per Logging Service (``services``, by URL): delivered (before the stop; else kept
+    #: in the spool), stored by this node's service there, and whether its chain verifies.
     log_figures: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,7 +220,8 @@ def _apps(node: Node) -> dict[str, Any]:
     if node.ecrf is not None and els.ecrf is not None:
         from firebox.ecrf.app import create_ecrf_app
 
-        routes.setdefault(els.ecrf.listen, []).extend(create_ecrf_app(node.ecrf).routes)
+        # Its LoST log events once start_sip has started its logger (elements.log_events).
+        routes.setdefault(els.ecrf.listen, []).extend(create_ecrf_app(node.ecrf, log=lambda: node.ecrf_log).routes)
     if node.lis is not None and els.lis is not None:
         from firebox.lis.app import create_lis_app
 
@@ -230,20 +250,109 @@ def _apps(node: Node) -> dict[str, Any]:
             node.policy_store, allow_unsigned=cfg.allow_unsigned, trust=_certificates(node.deployment, cfg.trust)
         )
         routes.setdefault(cfg.listen, []).append(Mount(cfg.path, app=policy_app))
-    if els.logging is not None:
+    if els.cad is not None:
+        from firebox.boxes.receiver import receiver_routes
+        from firebox.cad.app import create_cad_app
+
+        _build_cad(node)
+        routes.setdefault(els.cad.listen, []).extend(create_cad_app(node.cad).routes)
+        routes.setdefault(els.cad.listen, []).extend(receiver_routes(node.box_receiver))
+    if els.monitor is not None:
+        from firebox.monitor.http import monitor_routes
+
+        routes.setdefault(els.monitor.listen, []).extend(monitor_routes(lambda: node.monitor))
+    if els.console is not None and node.cad is not None:
+        from starlette.routing import Mount
+
+        from firebox.console.app import console_app
+        from firebox.console.audit import ConsoleAudit
+        from firebox.console.auth import load_users
+        from firebox.web.page import towns_geojson
+
+        cfg_console = els.console
+        dep = node.deployment
+        secret = dep.resolve(cfg_console.session_secret_file).read_bytes() if cfg_console.session_secret_file else None
+        node.console_app = console_app(
+            cad=node.cad,
+            users=load_users([u.model_dump(exclude_none=True) for u in cfg_console.users]),
+            audit=ConsoleAudit(_store_url(dep, cfg_console.audit)),
+            gis=lambda: node.towns_geojson or towns_geojson(node),
+            session_secret=secret,
+            cad_poll_s=cfg_console.cad_poll_seconds,
+        )  # the call handling element is attached once start_sip has started it
+        routes.setdefault(cfg_console.listen, []).append(Mount(cfg_console.path, app=node.console_app))
+    at_root: dict[str, Any] = {}
+    for n, svc in enumerate(els.logging_services()):
         from starlette.routing import Mount
 
         from firebox.logging.service import create_app
         from firebox.logging.store import open_store
 
-        node.log_store = open_store(_store_url(node.deployment, els.logging.store))
-        logging_app = create_app(
-            node.log_store, fqdn=_source(node.deployment, "logging"), allow_none=els.logging.allow_unsigned
-        )
-        # The Logging Service's paths (/LogEvents, /Versions...) sit at the root, behind the
-        # other elements' routes on the same address.
-        routes.setdefault(els.logging.listen, []).append(Mount("/", app=logging_app))
+        store = node.log_stores[svc.url] = open_store(_store_url(node.deployment, svc.store))
+        if node.log_store is None:
+            node.log_store = store
+        fqdn = _source(node.deployment, "logging" if n == 0 else f"logging{n + 1}")
+        logging_app = create_app(store, fqdn=fqdn, allow_none=svc.allow_unsigned)
+        if svc.path == "/":
+            # Its paths (/LogEvents, /Versions...) sit at the root, behind every other route
+            # on the same address.
+            at_root[svc.listen] = Mount("/", app=logging_app)
+        else:
+            routes.setdefault(svc.listen, []).append(Mount(svc.path.rstrip("/"), app=logging_app))
+    for listen, mount in at_root.items():
+        routes.setdefault(listen, []).append(mount)
     return {listen: Starlette(routes=r) for listen, r in routes.items()}
+
+
+def _build_cad(node: Node) -> None:
+    """The CAD of ``elements.cad``: its SQLite store, the box registry, the fleet placed at
+    the stations on first start (a restart keeps the units as they were), the LVF as its
+    geocoder; and the fire alarm box receiver in front of it."""
+    from firebox.boxes.receiver import BoxReceiver
+    from firebox.boxes.telegraph import Timing
+    from firebox.cad.data import load_boxes_geojson, load_stations_geojson, units_from_stations
+    from firebox.cad.service import Cad, LvfGeocoder
+    from firebox.cad.store import SqliteRepository
+    from firebox.location.shapes import Point
+
+    dep = node.deployment
+    cfg = dep.elements.cad
+    assert cfg is not None
+    f = cfg.box_fields
+    boxes = (
+        load_boxes_geojson(dep.resolve(cfg.boxes), number_field=f.number, location_field=f.location,
+                           district_field=f.district, assignment_field=f.assignment)
+        if cfg.boxes is not None else {}
+    )  # fmt: skip
+    stations = load_stations_geojson(dep.resolve(cfg.stations)) if cfg.stations is not None else []
+    cad = Cad(
+        SqliteRepository(_store_url(dep, cfg.store)),
+        fqdn=cfg.fqdn or _source(dep, "cad"),
+        geocoder=LvfGeocoder(node.lvf) if node.lvf is not None else None,
+        boxes=boxes,
+        stations={s.id: Point(lat=s.lat, lon=s.lon) for s in stations},
+    )
+    if stations and not cad.units():
+        cad.add_units(units_from_stations(stations), datetime.now(UTC), "firebox (deployment)")
+    node.cad = cad
+    node.box_receiver = BoxReceiver(cad, clock=lambda: datetime.now(UTC), timing=Timing(period=cfg.box_period_seconds))
+
+
+async def start_boxes(node: Node, console: Console | None = None) -> None:
+    """The telegraph interface (``elements.cad.box_pulses_listen``): started before the SIP
+    elements and independent of them, so box alarms reach the CAD while SIP is down."""
+    cfg = node.deployment.elements.cad
+    if cfg is None or cfg.box_pulses_listen is None or node.box_receiver is None:
+        return
+    from firebox.boxes.receiver import PulseListener
+
+    host, port = _split_listen(cfg.box_pulses_listen)
+    node.box_listener = await PulseListener.listen(node.box_receiver, host, port)
+    if console is not None:
+        console.print(
+            f"[green]fire alarm telegraph[/green] on udp {host}:{node.box_listener.port} "
+            f"({len(node.cad.boxes)} boxes)"
+        )
 
 
 def _store_url(dep: Deployment, store: str) -> str:
@@ -293,7 +402,7 @@ def log_event_urls(dep: Deployment) -> list[str]:
     if els.log_events.services:
         return list(els.log_events.services)
     assert els.logging is not None  # deployment cross-check
-    return [f"http://{els.logging.listen}"]
+    return [svc.url for svc in els.logging_services()]
 
 
 # --- running ------------------------------------------------------------------------------
@@ -313,9 +422,13 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
     while not all(s.started for s in servers):
         if any(t.done() for t in tasks):
             for t in tasks:
-                if t.done() and t.exception():
-                    raise t.exception()  # type: ignore[misc]
-            raise SystemExit(f"a server could not start on {', '.join(node.apps)}")
+                exc = t.exception() if t.done() else None
+                if exc is not None and not isinstance(exc, SystemExit):
+                    raise exc
+            # uvicorn exits (SystemExit) when it cannot bind; it has logged why.
+            for t in tasks:
+                t.cancel()
+            raise SystemExit(f"a server could not start on {', '.join(node.apps)} (is the address in use?)")
         await asyncio.sleep(0.05)
     for listen in node.apps:
         console.print(f"[green]serving[/green] http://{listen}/")
@@ -324,6 +437,7 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
     calls: asyncio.Task[None] | None = None
     stop = asyncio.Event()
     try:
+        await start_boxes(node, console)
         http = await start_sip(node, console)
         if caller_rate > 0 and node.callers and node.deployment.elements.ecrf:
             lookups = asyncio.create_task(_caller_load(node, caller_rate))
@@ -345,6 +459,8 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
                 with contextlib.suppress(asyncio.CancelledError):
                     await load
         await stop_sip(node)
+        if node.box_listener is not None:
+            node.box_listener.close()
         if http is not None:
             await http.aclose()
         for s in servers:
@@ -352,10 +468,11 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
         await asyncio.gather(*tasks, return_exceptions=True)
         if node.policy_store is not None:
             node.policy_store.close()
-        if node.log_store is not None:
-            node.log_figures["stored"] = node.log_store.count()
-            node.log_figures["chain_ok"] = node.log_store.verify() is None
-            node.log_store.close()
+        services = node.log_figures.setdefault("services", {}) if node.log_stores else {}
+        for url, store in node.log_stores.items():
+            figures = services.setdefault(url, {})
+            figures["stored"], figures["chain_ok"] = store.count(), store.verify() is None
+            store.close()
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -369,14 +486,22 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
     the ESRP dereferences location URIs with (the caller closes it), or None."""
     dep = node.deployment
     els = dep.elements
+    if els.log_events is not None and node.ecrf is not None and node.ecrf_log is None:
+        from firebox.ecrf.logevents import LostLogger
+
+        node.ecrf_log_sender = _log_sender(node, "ecrf")
+        node.ecrf_log = LostLogger(node.ecrf_log_sender, element_id=_source(dep, "ecrf"), agency_id=dep.authority.domain)
     if els.psap_agents is not None:
         from firebox.psap.ua import AgentMode, PsapAgents, Queue
 
         cfg = els.psap_agents
+        # Simulated PSAPs, and the business lines of those the call handling element answers
+        # (the agents stand in for the PSTN gateway; their queue URIs go to call handling).
+        handled = set(els.call_handling.psaps) if els.call_handling is not None else set()
         queues = [
             Queue(p.id, p.uri, p.name, p.business_line, AgentMode(cfg.faults.get(p.id, "answer")))
             for p in dep.psaps
-            if p.simulated
+            if p.simulated or p.id in handled
         ]
         host, port = _split_listen(cfg.listen)
         node.agents = PsapAgents(queues, host=host, port=port, ring_seconds=cfg.ring_seconds, hold_seconds=cfg.hold_seconds)
@@ -387,6 +512,10 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
             raise SystemExit(f"the PSAP agents could not listen on {cfg.listen} (udp): {exc.strerror or exc}") from None
         if console is not None:
             console.print(f"[green]PSAP agents[/green] for {len(queues)} PSAP queues on sip:{host}:{node.agents.port} (udp)")
+    if els.call_handling is not None:
+        await _start_call_handling(node, console)
+        if node.console_app is not None:
+            node.console_app.state.console.attach_call_handling(node.call_handling)
     if els.esrp is None or els.bcf is None:
         return None
     import httpx
@@ -408,7 +537,14 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
     else:
         assert node.ecrf is not None  # deployment cross-check: an ECRF, or esrp.lost
         lost = InProcessLost(node.ecrf)
+        if node.ecrf_log is not None:
+            from firebox.ecrf.logevents import LoggedEcrf
+
+            # The ECRF logs its part of each call too, under the call's i3 identifiers.
+            lost = LoggedEcrf(lost, lambda: node.ecrf_log, lambda: _current_call_ids(node))
     http = httpx.AsyncClient(timeout=esrp.held_timeout_seconds)
+    if node.call_handling is not None:
+        node.call_handling.http = http  # location and additional data by reference
     chains = chains_from_deployment(dep, esrp.pstn_gateway, default_psap=esrp.default_psap)
     router = Router(
         fqdn=f"esrp.{domain}",
@@ -464,7 +600,50 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
             f"[green]BCF + ESRP[/green] listening on sip:{node.core.advertised_host}:{node.core.port} "
             f"({', '.join(bcf.transports)}); send INVITE urn:service:sos"
         )
+    await start_monitor(node, console)
     return http
+
+
+async def _start_call_handling(node: Node, console: Console | None) -> None:
+    """The PSAP call handling element for the PSAPs ``elements.call_handling`` names, with
+    its simulated call-takers signed in; i3 log events when ``elements.log_events`` is set."""
+    from firebox.psap.api import RingStrategy
+    from firebox.psap.callhandling import PositionSetup, PsapSetup
+    from firebox.psap.element import CallHandlingElement
+
+    dep = node.deployment
+    cfg = dep.elements.call_handling
+    assert cfg is not None
+    setups = []
+    for psap_id, pc in cfg.psaps.items():
+        p = dep.psap(psap_id)
+        assert p is not None  # deployment cross-check
+        positions = tuple(PositionSetup(x.id, x.auto_answer_seconds, x.talk_seconds) for x in pc.positions)
+        setups.append(PsapSetup(p.id, p.uri, p.name, positions, RingStrategy(pc.strategy), pc.max_queue,
+                                pc.overflow_after_seconds, pc.ring_no_answer_seconds))  # fmt: skip
+    try:
+        from firebox.psap.logevents import PsapLogger
+    except ImportError:  # (written in parallel; until it lands the element logs nothing)
+        PsapLogger = None  # noqa: N806
+        log.warning("firebox.psap.logevents is not available: the call handling element sends no i3 log events")
+    if dep.elements.log_events is not None and node.psap_log is None and PsapLogger is not None:
+        node.psap_log_sender = _log_sender(node, "psap")
+        # The call's story (queue, answer, transfer, release...); its SIP messages are the
+        # ones the ESRP already logs on its hop, so they are not logged a second time here.
+        node.psap_log = PsapLogger(node.psap_log_sender, element_id=_source(dep, "psap"), agency_id=dep.authority.domain,
+                                   log_signaling=False)  # fmt: skip
+    host, port = _split_listen(cfg.listen)
+    element = CallHandlingElement(
+        setups, host=host, port=port, directory={p.id: p.uri for p in dep.psaps}, media_mode=cfg.media,
+        record_dir=dep.resolve(cfg.record_dir) if cfg.record_dir is not None else None, logger=node.psap_log,
+    )  # fmt: skip
+    try:
+        await element.start()
+    except OSError as exc:
+        raise SystemExit(f"the call handling element could not listen on {cfg.listen} (udp): {exc.strerror or exc}") from None
+    node.call_handling = element
+    if console is not None:
+        console.print(f"[green]PSAP call handling[/green] for {len(setups)} PSAPs on sip:{host}:{element.port} (udp)")
 
 
 def sip_resolver(node: Node) -> Any:
@@ -478,8 +657,13 @@ def sip_resolver(node: Node) -> Any:
     esrp = dep.elements.esrp
     gateway = esrp.pstn_gateway.rsplit(":", 1)[0].lower() if esrp is not None else None
     simulated = {p.uri for p in dep.psaps if p.simulated}
+    handling = node.call_handling
+    cfg = dep.elements.call_handling
+    handled = {p.uri for p in dep.psaps if cfg is not None and p.id in cfg.psaps}
 
     def resolve(uri: str) -> tuple[str, int, str] | None:
+        if handling is not None and uri in handled:
+            return handling.address
         if agents is None:
             return None
         if uri in simulated:
@@ -508,10 +692,26 @@ def default_point(node: Node, psap_uri: str | None) -> Any:
     return Point(p.y, p.x)
 
 
+def _current_call_ids(node: Node) -> tuple[str | None, str | None]:
+    call_log = node.core.call_log if node.core is not None else None
+    return call_log.current_ids() if call_log is not None else (None, None)
+
+
 def _call_logger(node: Node) -> Any:
-    """The ESRP's i3 log events: a ``CallLogger`` over a ``LogSender`` (signed when the
-    deployment gives a key) with its durable spool."""
+    """The ESRP's i3 log events: a ``CallLogger`` over a ``LogSender``."""
     from firebox.esrp.logevents import CallLogger
+
+    dep = node.deployment
+    assert dep.elements.log_events is not None
+    node.log_sender = _log_sender(node, "esrp")
+    return CallLogger(node.log_sender, element_id=_source(dep, "esrp"), agency_id=dep.authority.domain,
+                      signaling=dep.elements.log_events.signaling)  # fmt: skip
+
+
+def _log_sender(node: Node, element: str) -> Any:
+    """A started ``LogSender`` for ``element`` (``esrp``, ``ecrf``): to every Logging
+    Service of ``elements.log_events``, signed when the deployment gives a key, with its own
+    durable spool under the configured one."""
     from firebox.logging.sender import LogSender
 
     dep = node.deployment
@@ -525,34 +725,91 @@ def _call_logger(node: Node) -> Any:
         key = load_pem_private_key(dep.resolve(cfg.signing_key).read_bytes(), password=None)
         if cfg.certificate is not None:
             x5c = x509.load_pem_x509_certificates(dep.resolve(cfg.certificate).read_bytes())
-    spool = dep.resolve(cfg.spool) / "esrp"
+    spool = dep.resolve(cfg.spool) / element
     spool.mkdir(parents=True, exist_ok=True)
-    element_id = _source(dep, "esrp")
-    node.log_sender = LogSender(log_event_urls(dep), str(spool), key, element_id, x5c=x5c)  # type: ignore[arg-type]
-    node.log_sender.start()
-    return CallLogger(node.log_sender, element_id=element_id, agency_id=dep.authority.domain, signaling=cfg.signaling)
+    sender = LogSender(log_event_urls(dep), str(spool), key, _source(dep, element), x5c=x5c)  # type: ignore[arg-type]
+    sender.start()
+    return sender
+
+
+async def start_monitor(node: Node, console: Console | None = None) -> None:
+    """The monitor of ``elements.monitor``, once the BCF + ESRP run: a tap on every
+    element's i3 log events (the watch), and test calls through the BCF to every PSAP."""
+    cfg = node.deployment.elements.monitor
+    if cfg is None or node.core is None:
+        return
+    from firebox.monitor.notify import NotifyConfig
+    from firebox.monitor.service import Monitor, config_from_node
+
+    host, port = _split_listen(cfg.smtp)
+    notify = NotifyConfig(
+        webhooks=tuple(str(u) for u in cfg.webhooks), emails=tuple(cfg.emails), smtp=(host, port),
+        provider=node.deployment.authority.name,
+    )  # fmt: skip
+    config = config_from_node(node, regions=cfg.regions, notify=notify, probe_period=cfg.probe_period_seconds or 1.0)
+    if not cfg.probe_period_seconds:
+        config.targets = []
+    monitor = Monitor(config)
+    if node.core.call_log is not None:
+        # The ESRP's events tell each call's whole path (entered, routed, failed over,
+        # answered, ended): what the watch counts. Without i3 logging it sees probes only.
+        node.core.call_log.sender = monitor.tap(node.core.call_log.sender)
+    await monitor.start()
+    node.monitor = monitor
+    if console is not None:
+        probes = f"a test call to each of {len(config.targets)} PSAPs every {cfg.probe_period_seconds:g} s" if config.targets else "no test calls"
+        console.print(f"[green]monitor[/green]: watching every call's log events; {probes}")
 
 
 async def stop_sip(node: Node) -> None:
     for watch in node.watches:
         await watch.stop()
     node.watches.clear()
+    if node.monitor is not None:
+        await node.monitor.stop(drain=5.0)
+    if node.console_app is not None:
+        await node.console_app.state.console.aclose()  # its live streams end
+    if node.call_handling is not None:
+        await node.call_handling.close()  # its BYEs go out through the ESRP, still up
     if node.core is not None:
         await node.core.close()  # spools what its call logger still holds
     if node.agents is not None:
         await node.agents.close()
-    if node.log_sender is not None:
-        # Deliver what the run logged (bounded); the rest stays in the spool for next time.
-        drained = True
-        try:
-            await node.log_sender.drain(timeout=LOG_DRAIN_SECONDS)
-        except TimeoutError:
-            drained = False
-        logged = node.core.call_log.sent if node.core is not None and node.core.call_log is not None else []
-        node.log_figures.update(logged=len(logged), delivered=drained,
-                                rejected=len(node.log_sender.rejections))  # fmt: skip
-        await node.log_sender.aclose()
-        node.log_sender = None
+    await _stop_log_senders(node)
+
+
+async def _stop_log_senders(node: Node) -> None:
+    """Deliver what the run logged (bounded); the rest stays in the spools for next time.
+    Records, per element, the events logged and, per Logging Service, whether every one
+    reached it."""
+    call_log = node.core.call_log if node.core is not None else None
+    senders = [(name, logger, sender) for name, logger, sender in (
+        ("ESRP", call_log, node.log_sender), ("ECRF", node.ecrf_log, node.ecrf_log_sender),
+        ("PSAP call handling", node.psap_log, node.psap_log_sender)) if sender is not None]  # fmt: skip
+    if not senders:
+        return
+    logged = node.log_figures.setdefault("logged", {})
+    services = node.log_figures.setdefault("services", {})
+
+    async def drain(logger: Any, sender: Any) -> None:
+        if logger is not None:
+            await logger.flush()
+        await sender.drain()
+
+    # The senders drain side by side (each delivers in order), within one bound for all.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LOG_DRAIN_SECONDS):
+            await asyncio.gather(*(drain(logger, sender) for _, logger, sender in senders))
+    for name, logger, sender in senders:
+        logged[name] = len(logger.sent) if logger is not None else 0
+        node.log_figures["rejected"] = node.log_figures.get("rejected", 0) + len(sender.rejections)
+        for url in sender.urls:
+            figures = services.setdefault(url, {"delivered": True})
+            figures["delivered"] = figures["delivered"] and sender.backlog(url) == 0
+        await sender.aclose()
+    node.log_sender = node.ecrf_log_sender = node.ecrf_log = None
+    node.psap_log = node.psap_log_sender = None
+    node.log_figures["delivered"] = all(f["delivered"] for f in services.values())
 
 
 def attach_callers(node: Node, callers: list[tuple[float, float, str]]) -> None:
@@ -636,6 +893,9 @@ async def _caller_load(node: Node, rate: float) -> None:
             except (httpx.HTTPError, ValueError) as exc:
                 stats.errors += 1
                 stats.error_kinds[type(exc).__name__] += 1
+            except asyncio.CancelledError:
+                stats.sent -= 1  # cut off by the end of the run: neither answered nor failed
+                raise
             stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -800,24 +1060,51 @@ def print_summary(node: Node, console: Console) -> None:
     print_call_summary(node, console)
 
 
+def print_log_summary(node: Node, console: Console) -> None:
+    """The run's i3 logging: events logged by each element, then per Logging Service what
+    reached it before the stop, what it holds and whether its hash chain verifies."""
+    f = node.log_figures
+    if not f:
+        return
+    logged = f.get("logged", {})
+    console.print(
+        "i3 log events: "
+        + (", ".join(f"{n} logged by the {name}" for name, n in logged.items()) or "none logged")
+        + (f"; {f['rejected']} rejected" if f.get("rejected") else ""),
+        highlight=False,
+    )
+    for url, s in f.get("services", {}).items():
+        parts = []
+        if "delivered" in s:
+            parts.append("all delivered" if s["delivered"] else "not all delivered before the stop (kept in the spool)")
+        if "stored" in s:
+            parts.append(f"holds {s['stored']}, hash chain " + ("verified" if s["chain_ok"] else "BROKEN"))
+        console.print(f"  Logging Service {url}: {'; '.join(parts)}", highlight=False)
+
+
 def psap_call_counts(node: Node) -> list[dict[str, Any]]:
     """Per PSAP: calls its agent was offered / answered / saw end (when simulated), and
     what the ESRP saw of its queue: tried, answered, failed (each failure a failover)."""
     dep = node.deployment
     agents = node.agents.counts if node.agents is not None else {}
     core = node.core.destinations if node.core is not None else {}
+    handling = node.call_handling
+    handled = {v.id for v in handling.psaps()} if handling is not None else set()
     rows = []
     for p in dep.psaps:
         a = agents.get(p.id)
         d = core.get(p.uri)
+        # A PSAP of the call handling element: its queue's figures (its agent, if any,
+        # only answered its business line).
+        ch = handling.stats(p.id) if p.id in handled else None
         rows.append(
             {
                 "id": p.id,
                 "name": p.name,
                 "uri": p.uri,
                 "simulated": p.simulated,
-                "offered": a.offered if a else 0,
-                "answered": a.answered if a else 0,
+                "offered": (a.offered if a else 0) + (ch.offered if ch else 0),
+                "answered": (a.answered if a else 0) + (ch.answered if ch else 0),
                 "ended": a.ended if a else 0,
                 "ended_by_psap": a.ended_by_psap if a else 0,
                 "business_line": a.business_line if a else 0,
@@ -883,16 +1170,7 @@ def print_call_summary(node: Node, console: Console) -> None:
             + (", ".join(f"{k} {v}" for k, v in sorted(how.items())) or "-"),
             highlight=False,
         )
-    f = node.log_figures
-    if f:
-        console.print(
-            f"i3 log events: {f.get('logged', 0)} logged by the ESRP, "
-            + ("all delivered" if f.get("delivered") else "not all delivered before the stop (kept in the spool)")
-            + (f", {f['rejected']} rejected" if f.get("rejected") else "")
-            + (f"; the Logging Service holds {f['stored']}, hash chain "
-               + ("verified" if f.get("chain_ok") else "BROKEN") if "stored" in f else ""),
-            highlight=False,
-        )  # fmt: skip
+    print_log_summary(node, console)
     rows = [r for r in psap_call_counts(node) if r["offered"] or r["routed"]]
     if rows:
         table = Table("PSAP", "offered", "answered", "ended", "by PSAP", "business line", "failed over", title="SIP calls per PSAP")
@@ -907,6 +1185,16 @@ def print_call_summary(node: Node, console: Console) -> None:
 # --- the demo -----------------------------------------------------------------------------
 
 
+#: The demo's simulated call-takers per PSAP, how soon they answer and how long they talk.
+DEMO_CALL_TAKERS = 4
+DEMO_ANSWER_SECONDS = 0.3
+DEMO_TALK_SECONDS = 3.0
+
+
+#: Every demo console user's password (README: the demo's users).
+DEMO_CONSOLE_PASSWORD = "firebox"
+
+
 def demo_deployment(
     state: DemoState,
     paths: dict[str, Path],
@@ -914,11 +1202,17 @@ def demo_deployment(
     sip_listen: str = "127.0.0.1:5070",
     agents_listen: str = "127.0.0.1:0",
     faults: dict[str, str] | None = None,
+    call_handling: bool = False,
 ) -> Deployment:
     """The deployment file for a generated state whose GeoJSON files are at ``paths``:
     ECRF, LIS and page on ``listen``; the BCF + ESRP on ``sip_listen``; every PSAP
     simulated by the PSAP agents on ``agents_listen``, ``faults`` (PSAP id: ``busy`` or
-    ``silent``) playing up."""
+    ``silent``) playing up. With ``call_handling`` (what ``firebox demo`` runs) the PSAPs
+    without a fault are answered by the call handling element instead: per PSAP
+    ``DEMO_CALL_TAKERS`` simulated call-takers and one free position for a person at the
+    console; the agents then answer only the business lines (as the PSTN gateway)."""
+    faults = dict(faults or {})
+    handled = [p for p in state.psaps if p.id not in faults] if call_handling else []
     data: dict[str, Any] = {
         "authority": {"name": f"{state.name} 911", "domain": "demo.firebox.test", "state": state.abbreviation},
         "gis": {
@@ -938,7 +1232,7 @@ def demo_deployment(
                 "business_line": p.business_line,
                 "alternates": list(p.alternates),
                 "towns": [t for t in p.towns],
-                "simulated": True,
+                "simulated": p not in handled,
             }
             for p in state.psaps
         ],
@@ -956,8 +1250,12 @@ def demo_deployment(
                 "policy": {"url": f"http://{listen}/policy", "policy_id": "demo-routing", "allow_unsigned": True,
                            "interval_seconds": 2.0},
             },
-            # The state's Logging Service, on the page's address; the ESRP logs every call to it.
-            "logging": {"listen": listen, "store": "var/logging.db"},
+            # The state's two Logging Services, on the page's address (the second at
+            # /logging2); the ESRP and the ECRF log every event to both (i3: at least two).
+            "logging": [
+                {"listen": listen, "store": "var/logging.db"},
+                {"listen": listen, "path": "/logging2", "store": "var/logging2.db"},
+            ],
             "log_events": {"spool": "var/log-spool"},
             # Its Policy Store at /policy on the same address; the ESRP's routing rules and the
             # BCF's rules follow the policies "demo-routing" and "demo-bcf" once someone puts
@@ -967,10 +1265,49 @@ def demo_deployment(
                 "listen": agents_listen,
                 "ring_seconds": 0.3,
                 "hold_seconds": 4.0,
-                "faults": dict(faults or {}),
+                "faults": faults,
             },
         },
     }
+    if handled:
+        data["elements"]["call_handling"] = {
+            "listen": agents_listen,
+            "psaps": {
+                p.id: {
+                    "positions": [
+                        *({"id": f"{p.id}-sim{n}", "auto_answer_seconds": DEMO_ANSWER_SECONDS,
+                           "talk_seconds": DEMO_TALK_SECONDS} for n in range(1, DEMO_CALL_TAKERS + 1)),
+                        {"id": f"{p.id}-desk"},
+                    ],
+                    "strategy": "longest-idle",
+                    "max_queue": 10,
+                    # Calls waiting longer go to the alternate (the ESRP fails over on the 486),
+                    # so that the carrier's callers are answered within its 10 s.
+                    "overflow_after_seconds": 2.0,
+                }
+                for p in handled
+            },
+        }  # fmt: skip
+        # The CAD (incidents, the fleet at the state's stations, its street fire alarm boxes,
+        # a telegraph interface) and the console on the page's address: each PSAP has a
+        # call-taker at its free desk, a dispatcher and a supervisor (README: how to sign in).
+        from firebox.console.auth import demo_users
+
+        data["elements"]["cad"] = {
+            "listen": listen, "store": "var/cad.db", "stations": paths["stations"].name,
+            "boxes": paths["boxes"].name, "box_pulses_listen": "127.0.0.1:0",
+        }  # fmt: skip
+        # The monitor: every call's log events watched, a test call to each PSAP every 30 s.
+        data["elements"]["monitor"] = {"listen": listen, "probe_period_seconds": 30.0}
+        users = demo_users({p.id: [f"{p.id}-desk"] for p in handled}, DEMO_CONSOLE_PASSWORD)
+        data["elements"]["console"] = {
+            "listen": listen,
+            "users": [
+                {"name": u.name, "role": u.role.value, "psap": u.psap_id, "password_hash": u.password_hash,
+                 **({"position": u.position} if u.position else {})}
+                for u in users.values()
+            ],
+        }  # fmt: skip
     return parse_deployment(dump_deployment(Deployment.model_validate(data)))
 
 
@@ -983,6 +1320,7 @@ def write_demo(
     console: Console,
     sip_listen: str = "127.0.0.1:5070",
     faults: dict[str, str] | None = None,
+    call_handling: bool = False,
 ) -> tuple[Path, DemoState]:
     """Generate the state, write its GeoJSON and ``deployment.yaml`` under ``target``;
     return the file's path and the state."""
@@ -995,7 +1333,7 @@ def write_demo(
         target.mkdir(parents=True, exist_ok=True)
         paths = state.write_geojson(target)
         progress.advance(task)
-    dep = demo_deployment(state, paths, listen, sip_listen, faults=faults)
+    dep = demo_deployment(state, paths, listen, sip_listen, faults=faults, call_handling=call_handling)
     out = target / "deployment.yaml"
     out.write_text(
         f"# Generated by `firebox demo` (seed {seed}, {n_towns} towns); edit freely.\n"
