@@ -34,6 +34,7 @@ from firebox.deployment import load_deployment
 from firebox.monitor.detector import OutageScope, OutageState
 from firebox.monitor.notify import NotifyConfig
 from firebox.monitor.probes import Ingress
+from firebox.monitor.routing import OutageRouting
 from firebox.monitor.service import Monitor, config_from_node
 from firebox.monitor.watch import Scope
 from firebox.node import build_node, start_sip, stop_sip, write_demo
@@ -145,9 +146,26 @@ async def test_a_silent_psap_is_declared_notified_and_cleared(node, receivers):
                               notify=notify(hook_url, smtp))  # fmt: skip
     assert len(config.targets) == len(node.deployment.psaps) >= 3
     monitor = Monitor(config)
-    node.core.call_log.sender = monitor.tap(node.core.call_log.sender)  # the lead's wiring, in small
+    node.core.call_log.sender = monitor.tap(node.core.call_log.sender)  # node.start_monitor's wiring, in small
+    routing = OutageRouting(node.core.router.states, config.psaps, config.regions)
+    monitor.listeners.append(routing)
     await monitor.start()
     victim = next(p for p in state.psaps if p.alternates)
+    victim_town = next(t for t in state.towns if t.psap_id == victim.id).geometry.point_on_surface()
+
+    async def live_call() -> tuple[Outcome, list[str], list[str]]:
+        """One 911 call from the victim's town: its outcome, the ESRP's forwards and log."""
+        carrier = Carrier(("127.0.0.1", node.core.port, "udp"), domain="live.carrier.test", answer_timeout=20.0)
+        await carrier.start()
+        try:
+            before = set(node.core.records)
+            result = await carrier.call(CallPlan("tel:+12005550102", victim_town.x, victim_town.y, LocationMode.VALUE,
+                                                 hold=0.05))  # fmt: skip
+        finally:
+            await carrier.close()
+        (record,) = [r for cid, r in node.core.records.items() if cid not in before and cid.endswith("@live.carrier.test")]
+        return result.outcome, [uri for uri, _, _ in record.forwards], record.events
+
     try:
         # a live 911 call is seen by the watch from the ESRP's log events
         carrier = Carrier(("127.0.0.1", node.core.port, "udp"))
@@ -173,11 +191,21 @@ async def test_a_silent_psap_is_declared_notified_and_cleared(node, receivers):
         outage = monitor.detector.open[key]
         assert f"test calls for PSAP {victim.id} answered by" in outage.cause
         assert not [o for o in monitor.detector.outages() if o.scope is OutageScope.STATEWIDE]
+        # Routing follows the detector at once: a new call from the victim's town is not
+        # offered to the silent PSAP (no no-answer timeout to wait out) but to its alternate.
+        assert routing.marked[outage.id] == [victim.uri]
+        outcome, forwards, _ = await live_call()
+        assert outcome is Outcome.ANSWERED
+        assert victim.uri not in forwards and forwards[0] == node.deployment.psap(victim.alternates[0]).uri, forwards
 
         set_mode(node.agents, victim.id, AgentMode.ANSWER)
         await until(lambda: key not in monitor.detector.open, "the outage cleared after recovery")
         cleared = monitor.detector.recent[-1]
         assert cleared.id == outage.id and cleared.state is OutageState.CLEARED and cleared.ended > cleared.started
+        # ... and back: the PSAP has its calls again.
+        assert outage.id not in routing.marked and not node.core.router.states.outage_marks()
+        outcome, forwards, _ = await live_call()
+        assert outcome is Outcome.ANSWERED and forwards[0] == victim.uri
         await until(lambda: any(h["outage_id"] == outage.id and h["event"] == "cleared" for h in hooks),
                     "the final notification received")  # fmt: skip
     finally:

@@ -739,6 +739,7 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
     if cfg is None or node.core is None:
         return
     from firebox.monitor.notify import NotifyConfig
+    from firebox.monitor.routing import OutageRouting
     from firebox.monitor.service import Monitor, config_from_node
 
     host, port = _split_listen(cfg.smtp)
@@ -750,6 +751,8 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
     if not cfg.probe_period_seconds:
         config.targets = []
     monitor = Monitor(config)
+    # The detector's PSAP and region outages steer the ESRP's routing at once.
+    monitor.listeners.append(OutageRouting(node.core.router.states, config.psaps, config.regions))
     if node.core.call_log is not None:
         # The ESRP's events tell each call's whole path (entered, routed, failed over,
         # answered, ended): what the watch counts. Without i3 logging it sees probes only.

@@ -19,6 +19,9 @@ list the ESRP's SIP proxy tries one after the other. The first rule of firebox s
 * No ECRF answer, or one naming no PSAP here, takes the default route (a configured PSAP).
 * Queues the state table calls unusable are skipped; queues it knows nothing fresh about are
   kept, after the ones known to be usable (excluding on missing data could black-hole calls).
+  The table includes the monitor's outage marks (a PSAP the detector confirmed down is
+  skipped, one it suspects tried last), except for i3 test calls (``urn:service:test.sos``),
+  which must keep reaching the PSAP they measure.
 * A PSAP's chain is the PSAP then its own alternates (not theirs: each hop can cost the
   caller the no-answer timeout), then the business lines; no URI appears twice.
 * *busy* answers the caller busy only when there is a callback number to put in a callback
@@ -127,6 +130,9 @@ class DestinationKind(StrEnum):
     #: first; the normal route follows it).
     DIVERSION = "DIVERSION"
 
+
+#: The i3 test call service (RFC 6881 section 15): the monitor's probes.
+TEST_SERVICE_URN: Final = "urn:service:test.sos"
 
 #: Kinds that may end a failover list (the first rule of firebox).
 TERMINAL_KINDS: Final = frozenset({DestinationKind.BUSINESS_LINE, DestinationKind.CATCH_ALL})
@@ -912,11 +918,12 @@ class _Builder:
     each segment ordered by availability), then the business lines of every PSAP the walk
     visited, then the catch-all."""
 
-    def __init__(self, chains: Chains, states: StateTable, now: datetime, log: list[str]):
+    def __init__(self, chains: Chains, states: StateTable, now: datetime, log: list[str], *, outages: bool = True):
         self.chains = chains
         self.states = states
         self.now = now
         self.log = log
+        self.outages = outages
         self.queues: list[Destination] = []
         self.seen: set[str] = set()
         self.visited: list[PsapChain] = []
@@ -940,6 +947,7 @@ class _Builder:
                 self.now,
                 element_id=psap.element_id if psap else None,
                 service_domain=psap.service_domain if psap else None,
+                outages=self.outages,
             )
             if verdict.availability is Availability.UNUSABLE:
                 self.log.append(f"skip {kind.value} {uri}: {verdict.reason}")
@@ -1046,7 +1054,10 @@ def decide(
             terminal, terminal_rule = rule.terminal, rule.id
             break
 
-    builder = _Builder(chains, states, now, log)
+    # The monitor's test calls measure the PSAP the ECRF names even while the monitor has it
+    # marked down: routing them around it would hide its recovery.
+    probe = service_matches(TEST_SERVICE_URN, call.service_urn)
+    builder = _Builder(chains, states, now, log, outages=not probe)
     busy_action: BusyAction | None = None
     if isinstance(terminal, RouteAction):
         cause = terminal.cause

@@ -30,6 +30,13 @@ us throw away an otherwise good state.
 was received, and gives a :class:`Verdict` per destination. Stale or missing state is
 ``UNKNOWN``: usable, but after anything known to be usable, because excluding a destination
 for lack of data could leave a call nowhere to go. Sans-I/O: every time is an argument.
+
+The table also holds the monitor's outage marks (``mark_outage``): the detector's verdict on
+a PSAP queue, from test calls and live traffic, which no i3 notifier sends (a PSAP whose
+fiber is cut sends nothing at all). A confirmed outage makes the queue ``UNUSABLE``, a
+suspected one ``SUSPECT`` (tried last); a question may leave them out (``outages=False``): the
+detector's own test calls must still reach the PSAP they measure, or it could never be
+seen to recover.
 """
 
 from __future__ import annotations
@@ -148,7 +155,10 @@ class Availability(IntEnum):
     DEGRADED = 1
     #: No fresh state. Kept, after the known-good ones: excluding it could black-hole calls.
     UNKNOWN = 2
-    UNUSABLE = 3
+    #: The monitor suspects an outage (failing test calls or answers, not yet confirmed):
+    #: kept, but tried after any destination with no evidence against it.
+    SUSPECT = 3
+    UNUSABLE = 4
 
 
 # What each registry value means for routing. The serviceState and securityPosture
@@ -461,6 +471,17 @@ class Received(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
+class OutageMark:
+    """The monitor's word on one queue: an outage ``confirmed`` (skip it) or only
+    ``suspected`` (try it after the healthy ones)."""
+
+    outage_id: str
+    confirmed: bool
+    reason: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the table says about one destination, and why (for the routing log)."""
 
@@ -496,8 +517,36 @@ class StateTable:
         self._elements: dict[str, Received[ElementState]] = {}
         self._services: dict[str, Received[ServiceState]] = {}
         self._queues: dict[str, Received[QueueState]] = {}
+        self._outages: dict[str, OutageMark] = {}
 
     # feeding
+
+    def mark_outage(self, queue_uri: str, mark: OutageMark) -> None:
+        """The monitor's detector declared (or re-graded) an outage of the PSAP behind
+        ``queue_uri``; it lasts until ``clear_outage``."""
+        self._outages[uri_key(queue_uri)] = mark
+
+    def clear_outage(self, queue_uri: str, outage_id: str | None = None) -> bool:
+        """Lift the mark (only if it is ``outage_id``'s, when given); whether one was lifted."""
+        key = uri_key(queue_uri)
+        mark = self._outages.get(key)
+        if mark is None or (outage_id is not None and mark.outage_id != outage_id):
+            return False
+        del self._outages[key]
+        return True
+
+    def outage_marks(self) -> dict[str, OutageMark]:
+        return dict(self._outages)
+
+    def outage_verdict(self, queue_uri: str) -> Verdict | None:
+        mark = self._outages.get(uri_key(queue_uri))
+        if mark is None:
+            return None
+        grade = "confirmed" if mark.confirmed else "suspected"
+        return Verdict(
+            Availability.UNUSABLE if mark.confirmed else Availability.SUSPECT,
+            f"monitor: outage {mark.outage_id} {grade} ({mark.reason})",
+        )
 
     def update(self, state: AnyState, received: datetime) -> bool:
         """Record ``state``, received at ``received``. A state received before the one
@@ -603,14 +652,18 @@ class StateTable:
         *,
         element_id: str | None = None,
         service_domain: str | None = None,
+        outages: bool = True,
     ) -> Verdict:
-        """One verdict for a queue and, when given, the element and service behind it.
+        """One verdict for a queue and, when given, the element and service behind it, and
+        (unless ``outages`` is false) the monitor's outage mark on it.
 
         Any known UNUSABLE wins. Otherwise the worst of the *known* verdicts: an element
         nobody subscribes to must not demote a queue that says it is Active. Nothing known
         at all is UNKNOWN.
         """
         verdicts = [self.queue_verdict(queue_uri, now)]
+        if outages and (marked := self.outage_verdict(queue_uri)) is not None:
+            verdicts.append(marked)
         if element_id:
             verdicts.append(self.element_verdict(element_id, now))
         if service_domain:

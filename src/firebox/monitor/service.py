@@ -96,6 +96,9 @@ class Monitor:
         self._outbox: asyncio.Queue[OutageUpdate] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
+        #: Called with every outage update as the detector makes it, in the same step (the
+        #: ESRP's routing, public alerting, the status page): nothing waits for a notifier.
+        self.listeners: list[Callable[[OutageUpdate], None]] = []
 
     # --- feeds ----------------------------------------------------------------------------
 
@@ -180,6 +183,11 @@ class Monitor:
             log.warning("911 outage %s: %s %s %s: %s (calls affected %d)", update.kind.value, o["scope"], o["key"],
                         o["state"], o["cause"], o["calls_affected"])  # fmt: skip
             self.updates.append(update)
+            for listener in self.listeners:
+                try:
+                    listener(update)
+                except Exception:  # noqa: BLE001 -- one consumer's bug must not stop the others
+                    log.exception("monitor: outage listener %r failed", listener)
             if self._outbox is not None:
                 self._outbox.put_nowait(update)
 
