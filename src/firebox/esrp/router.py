@@ -141,7 +141,11 @@ class Router:
             source=source,
             callback=caller_uri(request),
         )
-        decision = decide(call, ecrf_uri, self.states, self.rules, self.chains, now)
+        # A staged rule change (firebox.change.apply.CanaryRouting) holds two rule sets and
+        # picks one per call; a plain RuleSet has no ``for_call`` and is used as it is.
+        pick = getattr(self.rules, "for_call", None)
+        rules = pick(call, ecrf_uri, self.chains) if pick is not None else self.rules
+        decision = decide(call, ecrf_uri, self.states, rules, self.chains, now)
         log += decision.log
         return RouteResult(request, location, how, ecrf_uri, decision, log)
 
