@@ -360,7 +360,7 @@ class StatusBoard:
         return {
             "id": tid, "name": town.name, "status": status.label, "since": _iso(since),
             "psap": {"id": psap.id, "name": psap.name}, "outages": ids,
-            "message": _message(town.name, status, psap, diverted),
+            "message": _message(town.name, status, psap, diverted, box is not None),
             "instead": {"business_lines": lines, "fire_station": fire, "police_station": police, "alarm_box": box},
         }  # fmt: skip
 
@@ -414,14 +414,14 @@ class StatusBoard:
         return None if near is None else (self.boxes[near[0]], near[1])
 
 
-def _message(name: str, status: TownStatus, psap: PsapInfo, diverted: bool) -> str:
+def _message(name: str, status: TownStatus, psap: PsapInfo, diverted: bool, box: bool) -> str:
     """What to tell the public. 911 stays the first thing to try: a call that connects is
     answered, by an alternate PSAP if need be."""
     town = name.title()
     if status is TownStatus.DOWN:
         return (f"911 calls from {town} may not get through. Call 911 first; if it does not connect, "
-                "call a business line below, or go to the nearest staffed fire or police station. "
-                "For a fire, pull the fire alarm box.")  # fmt: skip
+                "call a business line below, or go to the nearest staffed fire or police station."
+                + (" For a fire, pull the fire alarm box." if box else ""))  # fmt: skip
     if status is TownStatus.DEGRADED:
         extra = f" Calls are being answered by the backup of {psap.name}." if diverted else ""
         return (f"911 in {town} is working with problems: calls may take longer to answer.{extra} "

@@ -274,7 +274,7 @@ li.town.degraded{border-color:#e69500}li.town.down{border-color:#c62828}li.town 
 .degraded .badge{background:#e69500;color:#111}.down .badge{background:#c62828}
 .since,.msg{margin:.25rem 0}.since{color:#555;font-size:.9rem}.working .msg{color:#333}
 details ul{margin:.3rem 0;padding-left:1.2rem}a[href^="tel:"]{font-weight:700;white-space:nowrap}
-li.none{padding:1rem}@media (max-width:30rem){header h1{font-size:1.35rem}li.town h2{font-size:1.05rem}}
+li.none{padding:1rem}.live:not(:empty)::before{content:"· "}@media (max-width:30rem){header h1{font-size:1.35rem}li.town h2{font-size:1.05rem}}
 """
 
 # Progressive: the page reads fine without it. It polls status.json (the browser's cache
@@ -314,7 +314,7 @@ _PAGE: Final = """<!doctype html>
 <title>{title}</title><style>{css}</style></head>
 <body data-version="{version}" data-poll="{poll}" data-tz="{tz}">
 <header><h1>{title}</h1><p id="summary" class="{summary_class}" role="status" aria-live="polite">{summary}</p>
-<p class="updated">Updated <time id="updated" datetime="{updated_iso}">{updated}</time> <span id="live"></span></p>
+<p class="updated">Updated <time id="updated" datetime="{updated_iso}">{updated}</time> <span id="live" class="live"></span></p>
 <p class="updated">In an emergency, always call 911 first.</p></header>
 <form role="search" method="get" action="./"><label for="q">Find your town</label>
 <input id="q" name="q" type="search" value="{q}" autocomplete="off" placeholder="Town name"><button type="submit">Search</button></form>
