@@ -85,3 +85,52 @@ async def test_unknown_change_and_bad_queries(client):
     assert (await http.get("/changes", params={"stage": "half"})).json()["errors"][0]["member"] == "stage"
     assert (await http.post("/changes", content=b"{not json")).status_code == 400
     assert (await http.delete("/changes")).status_code == 405
+
+
+def test_cli_against_a_served_node(tmp_path):
+    """``firebox change`` talking to a real uvicorn server on 127.0.0.1 (port 0)."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from firebox.change.cli import change_app
+
+    bcf = Bcf("bcf.example", sources=SOURCES)
+    manager = ChangeManager(ChangeStore(tmp_path / "changes.db"), sources=SOURCES, bcf=bcf)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(create_change_app(manager), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        runner = CliRunner()
+        bad = tmp_path / "ma.json"
+        bad.write_text(json.dumps(MASSACHUSETTS))
+        refused = runner.invoke(change_app, ["submit", "bcf", str(bad), "--author", "ops", "--url", url])
+        assert refused.exit_code == 1 and "calls it would have hit" in refused.output
+        good = tmp_path / "good.yaml"
+        good.write_text("- id: tests-low\n  action: deprioritize\n  kinds: [test]\n")
+        ok = runner.invoke(change_app, ["submit", "bcf", str(good), "--author", "ops", "--url", url])
+        assert ok.exit_code == 0, ok.output
+        cid = next(w for w in ok.output.split() if w.startswith("chg-"))
+        assert "+ rule 'tests-low'" in runner.invoke(change_app, ["diff", cid, "--url", url]).output
+        assert "canary" in runner.invoke(change_app, ["stage", cid, "--source", "carrier-a", "--url", url]).output
+        assert "full" in runner.invoke(change_app, ["promote", cid, "--url", url]).output
+        assert bcf.rules.to_dicts()[0]["id"] == "tests-low"
+        back = runner.invoke(change_app, ["rollback", cid, "--reason", "drill", "--url", url])
+        assert "rolled_back" in back.output and bcf.rules.rules == ()
+        listed = runner.invoke(change_app, ["list", "--url", url], terminal_width=200)
+        assert cid in listed.output and "refused" in listed.output
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
