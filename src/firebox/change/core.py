@@ -58,7 +58,7 @@ from firebox.esrp.policy import (
     decide as route_decide,
 )
 from firebox.esrp.states import StateTable
-from firebox.sip import Headers, Request, SipParseError, parse_message
+from firebox.sip import Headers, Request, SipParseError, caller_uri, parse_message
 
 __all__ = [
     "TRANSITIONS",
@@ -495,8 +495,6 @@ def recent_calls_from_events(events: Iterable[Mapping[str, Any]], sources: Mappi
             continue
         route = routes.get(key, {})
         medium = CallMedium.TEXT if request.method == "MESSAGE" else CallMedium.VOICE
-        from firebox.sip import caller_uri
-
         out.append(RecentCall(key, request.method, request.uri, ip, _source_of(ip, sources), recognized.kind,
                               recognized.service, medium, caller_uri(request),
                               route.get("policyQueueName"), route.get("recipientUri")))  # fmt: skip
