@@ -174,3 +174,46 @@ def test_nearest_staffed_station_skips_a_closed_one(state: DemoState) -> None:
     assert second.id != first.id and km >= board.nearest_station(t.id, "fire", T0)[1]
     saturday = T0 + 4 * 86400
     assert b2.nearest_station(t.id, "fire", saturday)[0].id == first.id
+
+
+def test_real_massachusetts_towns_boston_boxes_and_police_stations(shared_data) -> None:
+    """351 MassGIS towns, Boston's 1,850 street fire alarm boxes and 13 police stations:
+    the nearest ones match a brute-force search; a box is offered only within 5 km."""
+    import csv
+    import json
+
+    from firebox.alerting.status import BoxInfo, PsapInfo, StationInfo, TownInfo
+
+    feats = json.loads((shared_data / "ma" / "towns.geojson").read_text())["features"]
+    towns = []
+    for f in feats:
+        geom = shapely.make_valid(shapely.geometry.shape(f["geometry"]))  # WAYLAND's ring is invalid
+        c = shapely.centroid(geom)
+        towns.append(TownInfo(f"ma-{f['properties']['TOWN_ID']}", f["properties"]["TOWN"].title(),
+                              f"psap-{f['properties']['TOWN_ID']}", c.x, c.y))  # fmt: skip
+    psaps = [PsapInfo(t.psap_id, f"{t.name} 911") for t in towns]
+    boxes = [
+        BoxInfo(int(f["properties"]["BOXVAL"]), f["properties"]["LOCATION"], "ma-35", "Boston", *f["geometry"]["coordinates"])
+        for f in json.loads((shared_data / "boston" / "fire_alarm_boxes.geojson").read_text())["features"]
+    ]
+    with open(shared_data / "boston" / "police_stations.csv", encoding="utf-8-sig", newline="") as fh:
+        police = [StationInfo(f"bpd-{r['OBJECTID']}", "police", r["NAME"], r["ADDRESS"], "Boston", float(r["X"]), float(r["Y"]))
+                  for r in csv.DictReader(fh)]  # fmt: skip
+    assert len(towns) == 351 and len(boxes) == 1850 and len(police) == 13
+    board = StatusBoard(towns, psaps, BusinessLineRegistry([]), stations=police, boxes=boxes, now=T0)
+    for t in towns:
+        best = min(police, key=lambda s: _brute_km(t.lon, t.lat, s.lon, s.lat))
+        got = board.nearest_station(t.id, "police", T0)
+        assert got is not None and got[0].id == best.id
+        box = min(boxes, key=lambda b: _brute_km(t.lon, t.lat, b.lon, b.lat))
+        km = _brute_km(t.lon, t.lat, box.lon, box.lat)
+        offered = board.records[t.id]["instead"]["alarm_box"]
+        assert (offered is not None) == (km <= 5.0)
+        if offered is not None:
+            assert offered["number"] == box.number
+    boston = next(t for t in towns if t.name == "Boston")
+    assert board.records[boston.id]["instead"]["alarm_box"] is not None
+    assert board.records[next(t.id for t in towns if t.name == "Pittsfield")]["instead"]["alarm_box"] is None
+    assert board.records[boston.id]["instead"]["fire_station"] is None  # none given: none invented
+    board.apply_outage(outage("psap-boston", OutageScope.PSAP, boston.psap_id, OutageState.CONFIRMED, T0), T0)
+    assert board.towns_with(TownStatus.DOWN) == [boston.id]
