@@ -120,6 +120,8 @@ class Node:
     box_listener: Any = None
     console_app: Any = None
     watches: list[Any] = field(default_factory=list)
+    #: Background tasks of the running node (callback worklist delivery), cancelled at stop.
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     #: What the run's i3 logging did, for the summary: events logged (by element), rejected,
     #: and per Logging Service (``services``, by URL): delivered (before the stop; else kept
     #: in the spool), stored by this node's service there, and whether its chain verifies.
@@ -601,7 +603,40 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
             f"({', '.join(bcf.transports)}); send INVITE urn:service:sos"
         )
     await start_monitor(node, console)
+    node.tasks.append(asyncio.create_task(_deliver_worklist(node), name="worklist-delivery"))
     return http
+
+
+#: How often the ESRP's callback worklist is offered to the PSAPs that are reachable again.
+WORKLIST_PERIOD = 1.0
+
+
+async def _deliver_worklist(node: Node) -> None:
+    """Calls the ESRP could not connect go onto their PSAP's callback list as soon as that
+    PSAP is reachable (no outage mark, no unusable state): checked every second."""
+    from firebox.esrp.states import Availability
+    from firebox.esrp.worklist import deliver_due
+
+    assert node.core is not None
+    router = node.core.router
+
+    def reachable(psap_id: str) -> bool:
+        chain = router.chains.get(psap_id)
+        if chain is None:
+            return False
+        verdict = router.states.destination_verdict(chain.uri, datetime.now(UTC), element_id=chain.element_id,
+                                                    service_domain=chain.service_domain)  # fmt: skip
+        return verdict.availability is not Availability.UNUSABLE
+
+    while True:
+        await asyncio.sleep(WORKLIST_PERIOD)
+        handling = node.call_handling
+        if handling is None or not node.core.worklist.pending():
+            continue
+        takers = {p.id: handling for p in handling.psaps()}
+        for entry in deliver_due(node.core.worklist, reachable, takers, time.time()):
+            log.warning("worklist: %s (%s, call %s) delivered to %s's callback list", entry.id, entry.reason.value,
+                        entry.call_id, entry.owner)  # fmt: skip
 
 
 async def _start_call_handling(node: Node, console: Console | None) -> None:
@@ -765,6 +800,12 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
 
 
 async def stop_sip(node: Node) -> None:
+    for task in node.tasks:
+        task.cancel()
+    for task in node.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    node.tasks.clear()
     for watch in node.watches:
         await watch.stop()
     node.watches.clear()

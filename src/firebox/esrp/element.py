@@ -90,6 +90,8 @@ from firebox.esrp.policy import (
 from firebox.esrp.outbound import Outbound
 from firebox.esrp.router import Router
 from firebox.esrp.stateevents import QueueFigures, StateEvents
+from firebox.esrp.worklist import Worklist, WorklistReason
+from firebox.psap.calldata import location_view, normalize_callback
 from firebox.sip.address import SipUri, parse_name_addr, parse_uri
 from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
@@ -188,6 +190,12 @@ class _Call:
     transport: str = "udp"  # downstream transport of the proxy's Via
     admitted: bool = False  # holds a place of the overload guard (in flight or waiting)
     queued: bool = False  # waiting for a place
+    #: For the callback worklist: an emergency call (not an i3 test call), the PSAP it was
+    #: meant for, the caller's location, and whether any destination alerted (18x).
+    emergency: bool = False
+    owner: str | None = None
+    location: Any = None
+    alerted: bool = False
 
 
 class EmergencyCore:
@@ -254,6 +262,9 @@ class EmergencyCore:
         #: Per destination URI: ``tried``, ``answered``, ``failed``.
         self.destinations: dict[str, Counter[str]] = {}
         self.callbacks: list[Any] = []
+        #: Every emergency call that could not be connected (``esrp.worklist``), for the
+        #: PSAP that should have had it.
+        self.worklist = Worklist()
         self.records: OrderedDict[str, CallRecord] = OrderedDict()
         self._servers: dict[Any, _ServerEntry] = {}
         self._branches: dict[str, _Call] = {}
@@ -561,6 +572,8 @@ class EmergencyCore:
             if entry.sent_trying:
                 return
             entry.sent_trying = True
+        elif response.status < 200:
+            call.alerted = True  # a PSAP is ringing: a hang-up now is on its own abandoned list
         if self.overload is not None:
             now = asyncio.get_running_loop().time()
             self.overload.add_feedback(response, now)  # RFC 7339 5.2, if asked for
@@ -740,6 +753,7 @@ class EmergencyCore:
                 routed = await self.router.route(forward, source=source_id)
             forward, decision = routed.request, routed.decision
             record.events += routed.log
+            call.location = _location_view(routed.location, routed.location_how)
         except Exception as exc:
             self.stats["router_errors"] += 1
             record.events.append(
@@ -754,12 +768,16 @@ class EmergencyCore:
                     f"default route failed too ({type(exc2).__name__}: {exc2})"
                 )
                 log.exception("ESRP default route failed")
+        call.emergency = _is_emergency(forward)
+        if decision is not None:
+            call.owner = next((d.psap_id for d in decision.destinations if d.psap_id), None)
         if call.cancelled:
             self._cancelled_before_routing(call)
             return
         if decision is None or not decision.destinations:
             self.stats["failed"] += 1
             record.outcome, record.status = "failed", 500
+            self._unconnected(call, WorklistReason.ERROR, "no route (500)")
             self._final_local(
                 call, make_response(request, 500, to_tag=secrets.token_hex(5))
             )
@@ -772,6 +790,7 @@ class EmergencyCore:
             record.events.append(
                 "policy: busy; callback record handed on; 486 to the caller"
             )
+            self._unconnected(call, WorklistReason.BUSY, f"policy busy ({', '.join(decision.matched_rules)})")
             self._final_local(
                 call, make_response(request, 486, to_tag=secrets.token_hex(5))
             )
@@ -815,6 +834,7 @@ class EmergencyCore:
             self.stats["errors"] += 1
             record.events.append(f"proxy failed to start ({type(exc).__name__}: {exc})")
             log.exception("proxy start failed")
+            self._unconnected(call, WorklistReason.ERROR, f"proxy failed to start ({type(exc).__name__})")
             self._final_local(
                 call, make_response(request, 500, to_tag=secrets.token_hex(5))
             )
@@ -918,8 +938,23 @@ class EmergencyCore:
                 call.record.call_id, f"answered {response.status} {response.reason} locally"
             )
 
+    def _unconnected(self, call: _Call, reason: WorklistReason, detail: str) -> None:
+        """An emergency call ends without a person: onto the callback worklist."""
+        if not call.emergency:
+            return
+        request = call.entry.tx.request
+        entry = self.worklist.add(
+            call.record.call_id, reason, time.time(), callback=_callback_number(request), location=call.location,
+            owner=call.owner, tried=[uri for uri, _, _ in call.record.forwards], detail=detail,
+        )  # fmt: skip
+        self.stats["worklist"] += 1
+        call.record.events.append(f"callback worklist {entry.id}: {reason.value} ({detail}); for {call.owner}")
+        log.warning("911 call %s not connected (%s): callback worklist %s for %s", call.record.call_id, detail,
+                    entry.id, call.owner)  # fmt: skip
+
     def _cancelled_before_routing(self, call: _Call) -> None:
         self.stats["cancelled"] += 1
+        self._unconnected(call, WorklistReason.ABANDONED, "caller hung up while the call was being routed")
         call.record.outcome, call.record.status = "cancelled", 487
         self._final_local(
             call, make_response(call.entry.tx.request, 487, to_tag=secrets.token_hex(5))
@@ -967,6 +1002,10 @@ class EmergencyCore:
                 call.queued = False
                 self._cancelled_before_routing(call)
             return
+        if not call.alerted and not getattr(call.proxy, "done", False):
+            # The caller gave up before any PSAP alerted: on the worklist now, not when the
+            # silent branch's CANCEL times out (up to 64*T1 later).
+            self._unconnected(call, WorklistReason.ABANDONED, "caller hung up before any PSAP alerted")
         self._run(
             call,
             call.proxy.cancel(cancel, asyncio.get_running_loop().time()),
@@ -1082,8 +1121,11 @@ class EmergencyCore:
                 ] += 1
         elif event.outcome is Outcome.CANCELLED:
             self.stats["cancelled"] += 1
+            if not call.alerted:
+                self._unconnected(call, WorklistReason.ABANDONED, "caller hung up before any PSAP alerted")
         else:
             self.stats["failed"] += 1
+            self._unconnected(call, WorklistReason.FAILED, f"every destination failed; final {event.status}")
         if self.call_log is not None and (
             event.outcome is not Outcome.ANSWERED or record.method == "MESSAGE"
         ):
@@ -1262,6 +1304,26 @@ class EmergencyCore:
         out = Request(request.method, uri, headers, request.body, request.version)
         self.stats["in_dialog_forwarded"] += 1
         self._send(out, (address[0], address[1], address[2]))
+
+
+def _is_emergency(request: Request) -> bool:
+    """An emergency call as the BCF marked it (``urn:service:sos`` and its sub-services), not
+    an i3 test call (``urn:service:test.sos``)."""
+    return str(request.uri).lower().startswith("urn:service:sos")
+
+
+def _callback_number(request: Request) -> str | None:
+    uri = caller_uri(request)
+    return normalize_callback(uri) if uri else None
+
+
+def _location_view(location: Any, how: str) -> Any:
+    """The routed location as the PSAP's console shows it (None when it has no shape)."""
+    try:
+        return location_view(location, "default" if how == "default" else how)
+    except Exception:  # noqa: BLE001 -- a location we cannot draw is still a call to call back
+        log.debug("worklist: no drawable location", exc_info=True)
+        return None
 
 
 def _with_via_transport(request: Request, transport: str) -> Request:

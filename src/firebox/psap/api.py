@@ -190,6 +190,10 @@ class CallbackEntry:
     at: datetime  # when the caller hung up
     status: CallbackStatus = CallbackStatus.PENDING
     attempts: tuple[dict[str, Any], ...] = ()  # {"at", "by", "outcome"} each
+    #: "abandoned" (hung up while ringing here), or why the ESRP could not connect the call
+    #: (its callback worklist: "failed", "busy"...), with the destinations it tried.
+    reason: str = "abandoned"
+    tried: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1497,6 +1497,25 @@ class CallHandlingCore:
         headers.add("Content-Length", str(len(body)))
         return Request("INVITE", uri, headers, body)
 
+    def add_callback(
+        self, psap_id: str, call_id: str, callback: str | None, location: LocationView | None, at: float,
+        reason: str, tried: tuple[str, ...], now: float,
+    ) -> tuple[CallbackEntry, list[Action]]:
+        """A call the ESRP could not connect, handed over from its callback worklist: on this
+        PSAP's callback list like an abandoned call (once per Call-ID)."""
+        psap = self._psap(psap_id)
+        held = next((e for e in psap.callbacks.values() if e.call_id == call_id), None)
+        if held is not None:
+            return held, []
+        entry = CallbackEntry(
+            id=f"cb-{next(self._seq)}", call_id=call_id, psap_id=psap_id, callback=callback, location=location,
+            at=_dt(at), reason=reason, tried=tried,
+        )  # fmt: skip
+        psap.callbacks[entry.id] = entry
+        log.info("call handling: %s not connected (%s); callback %s to %s at %s", call_id, reason, entry.id, callback, psap_id)
+        self._pending.append(Emit(CallHandlingEvent(EventKind.CALLBACK, psap_id, _dt(now), callback=entry)))
+        return entry, self._flush(now)
+
     def record_callback(self, callback_id: str, user: str, outcome: str, done: bool, now: float) -> tuple[CallbackEntry, list[Action]]:
         for psap in self._psaps.values():
             entry = psap.callbacks.get(callback_id)

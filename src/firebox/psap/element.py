@@ -39,6 +39,7 @@ from firebox.psap.api import (
     CallHandlingEvent,
     CallView,
     EventKind,
+    LocationView,
     PositionView,
     PsapStats,
     PsapView,
@@ -237,6 +238,13 @@ class CallHandlingElement:
 
     def record_callback(self, callback_id: str, user: str, outcome: str, *, done: bool) -> CallbackEntry:
         return self._act(self.core.record_callback(callback_id, user, outcome, done, self._clock()))
+
+    def add_callback(
+        self, psap_id: str, call_id: str, callback: str | None, location: LocationView | None, at: float,
+        reason: str, tried: tuple[str, ...] = (),
+    ) -> CallbackEntry:
+        """A call the ESRP could not connect (its callback worklist), onto this PSAP's list."""
+        return self._act(self.core.add_callback(psap_id, call_id, callback, location, at, reason, tried, self._clock()))
 
     async def subscribe(self) -> AsyncIterator[CallHandlingEvent]:
         """Every event from now on, until the element closes (or the consumer stops)."""
