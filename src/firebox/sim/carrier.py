@@ -29,6 +29,7 @@ who hung up, and the setup time (INVITE to 200).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -48,7 +49,8 @@ from firebox.sip.message import Message, Request, Response, make_response
 from firebox.sip.multipart import build_multipart, make_part
 from firebox.sip.transaction import MAGIC_COOKIE, build_ack
 
-__all__ = ["CallPlan", "CallResult", "Carrier", "CarrierStats", "LocationMode", "Outcome"]
+__all__ = ["CallPlan", "CallResult", "Carrier", "CarrierStats", "IngressRoute", "LocationMode", "Outcome", "RouteList",
+           "RoutedCarrier"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class CallResult:
     #: the PSAP it meant to reach) or why not.
     contact: str | None = None
     reason: str | None = None
+    #: The SIP Call-ID (the ESRP's ``records`` key) and the ingress route that carried it.
+    call_id: str | None = None
+    route: str | None = None
 
 
 @dataclass(slots=True)
@@ -222,8 +227,13 @@ class Carrier:
 
     # -- one call -----------------------------------------------------------------------
 
-    async def call(self, plan: CallPlan) -> CallResult:
-        """Place one call and see it through (bounded). Never raises for a network fault."""
+    async def call(
+        self, plan: CallPlan, *, ingress: Address | None = None, provisional_timeout: float | None = None
+    ) -> CallResult:
+        """Place one call and see it through (bounded). Never raises for a network fault.
+        ``ingress`` overrides the carrier's own; with ``provisional_timeout`` a call that
+        hears nothing at all (not even 100 Trying) within it ends ``no answer`` at once
+        (no CANCEL: nothing is there to cancel), so that a route list can move on."""
         stats = self.stats
         stats.sent += 1
         stats.in_flight += 1
@@ -233,13 +243,14 @@ class Carrier:
         if self._stopping:
             uac.hang_up.set()
         try:
-            result = await self._call(plan, call_id, uac)
+            result = await self._call(plan, call_id, uac, ingress or self.ingress, provisional_timeout)
         except (OSError, SipParseError, ValueError, RuntimeError) as exc:
             log.info("carrier call %s failed: %s", call_id, exc)
             result = CallResult(Outcome.ERROR)
         finally:
             stats.in_flight -= 1
             self._calls.pop(call_id, None)
+        result.call_id = call_id
         if result.outcome is Outcome.ANSWERED:
             stats.answered += 1
             if result.setup_ms is not None:
@@ -258,23 +269,29 @@ class Carrier:
             stats.statuses[result.status] += 1
         return result
 
-    async def _call(self, plan: CallPlan, call_id: str, uac: _Uac) -> CallResult:
+    async def _call(
+        self, plan: CallPlan, call_id: str, uac: _Uac, ingress: Address, provisional_timeout: float | None = None
+    ) -> CallResult:
         tag = secrets.token_hex(6)
         invite = self.build_invite(plan, call_id, tag)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self.server.send(invite, self.ingress)
+        self.server.send(invite, ingress)
         deadline = loop.time() + self.answer_timeout
+        heard_by = None if provisional_timeout is None else loop.time() + provisional_timeout
         interval, provisional = T1, False
         final: Response | None = None
         while (remaining := deadline - loop.time()) > 0:
             try:
                 response = await asyncio.wait_for(
-                    uac.responses.get(), remaining if provisional else min(interval, remaining)
+                    uac.responses.get(),
+                    remaining if provisional else min(interval, remaining, max(0.01, (heard_by or deadline) - loop.time())),
                 )
             except TimeoutError:
+                if not provisional and heard_by is not None and loop.time() >= heard_by:
+                    return CallResult(Outcome.NO_ANSWER, reason="nothing heard from the ingress")
                 if not provisional and self.transport == "udp":  # Timer A (17.1.1.2)
-                    self.server.send(invite, self.ingress)
+                    self.server.send(invite, ingress)
                     interval *= 2
                 continue
             if response.cseq[1] != "INVITE":
@@ -286,10 +303,10 @@ class Carrier:
             break
         if final is None:
             if provisional:
-                await self._cancel(invite, uac)
+                await self._cancel(invite, uac, ingress)
             return CallResult(Outcome.NO_ANSWER)
         if final.status >= 300:
-            self.server.send(build_ack(invite, final), self.ingress)
+            self.server.send(build_ack(invite, final), ingress)
             return CallResult(Outcome.FAILED, final.status, reason=final.reason)
         setup_ms = (time.perf_counter() - t0) * 1000
         dialog = self._dialog(invite, final, tag)
@@ -346,7 +363,7 @@ class Carrier:
                 return
         log.info("carrier: no answer to BYE of %s", dialog.call_id)
 
-    async def _cancel(self, invite: Request, uac: _Uac) -> None:
+    async def _cancel(self, invite: Request, uac: _Uac, ingress: Address | None = None) -> None:
         """CANCEL a ringing INVITE (RFC 3261 9.1) and wait, bounded, for its 487."""
         headers = Headers()
         headers.add("Via", invite.headers.get("Via") or "")
@@ -355,7 +372,8 @@ class Carrier:
             headers.add(name, invite.headers.get(name) or "")
         headers.add("CSeq", f"{invite.cseq[0]} CANCEL")
         headers.add("Content-Length", "0")
-        self.server.send(Request("CANCEL", invite.uri, headers), self.ingress)
+        ingress = ingress or self.ingress
+        self.server.send(Request("CANCEL", invite.uri, headers), ingress)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2.0
         while (remaining := deadline - loop.time()) > 0:
@@ -364,8 +382,33 @@ class Carrier:
             except TimeoutError:
                 break
             if response.cseq[1] == "INVITE" and response.status >= 300:
-                self.server.send(build_ack(invite, response), self.ingress)
+                self.server.send(build_ack(invite, response), ingress)
                 return
+
+    async def options(self, ingress: Address, timeout: float = 1.0) -> int | None:
+        """An OPTIONS ping to ``ingress`` (RFC 3261 11): the final status, or None when
+        nothing answered within ``timeout`` (bounded)."""
+        call_id = f"{secrets.token_hex(10)}@{self.domain}"
+        headers = Headers()
+        headers.add("Via", self._via())
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<sip:ping@{self.domain}>;tag={secrets.token_hex(6)}")
+        headers.add("To", f"<sip:{ingress[0]}:{ingress[1]}>")
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", "1 OPTIONS")
+        headers.add("Content-Length", "0")
+        uac = self._calls[call_id] = _Uac()
+        try:
+            self.server.send(Request("OPTIONS", f"sip:{ingress[0]}:{ingress[1]}", headers), ingress)
+            async with asyncio.timeout(timeout):
+                while True:  # bounded by the timeout
+                    response = await uac.responses.get()
+                    if response.cseq[1] == "OPTIONS" and response.status >= 200:
+                        return response.status
+        except (TimeoutError, OSError):
+            return None
+        finally:
+            self._calls.pop(call_id, None)
 
     # -- the transport's handler ---------------------------------------------------------
 
@@ -396,3 +439,110 @@ class Carrier:
             self.server.reply(make_response(message, 405, headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")]), source)
         except SipParseError:
             log.info("carrier: unreadable message from %s", source)
+
+
+# -- a carrier's route list (RFC 3263 / SBC route lists) ---------------------------------------
+
+
+#: Statuses on which a carrier's SBC tries the next ingress route (the call never got to a
+#: PSAP): 403 (a firewall or a BCF rule refusing it) and any 5xx; a route that answers
+#: nothing at all (no 100 Trying in time) is treated the same.
+NEXT_ROUTE_STATUSES = frozenset({403}) | frozenset(range(500, 600))
+
+
+@dataclass(slots=True)
+class IngressRoute:
+    name: str
+    address: Address
+    failures: int = 0  # in a row
+    down_since: float | None = None
+    next_probe: float = 0.0
+    calls: int = 0
+    answered: int = 0
+
+
+@dataclass(slots=True)
+class RouteList:
+    """Sans-I/O state of a carrier's ingress routes, in preference order. A route is marked
+    down after ``down_after`` failures in a row and re-probed with OPTIONS every
+    ``probe_every`` seconds while down; a 200 to the probe brings it back. Calls try the
+    routes that are up first, in order, then (never a dead end) those that are down."""
+
+    routes: list[IngressRoute]
+    down_after: int = 3
+    probe_every: float = 1.0
+    log: list[tuple[float, str, str]] = field(default_factory=list)  # (time, route, what)
+
+    def order(self) -> list[IngressRoute]:
+        return [r for r in self.routes if r.down_since is None] + [r for r in self.routes if r.down_since is not None]
+
+    def result(self, route: IngressRoute, ok: bool, now: float) -> None:
+        route.calls += 1
+        if ok:
+            route.answered += 1
+            route.failures = 0
+            if route.down_since is not None:
+                route.down_since = None
+                self.log.append((now, route.name, "up (a call went through)"))
+            return
+        route.failures += 1
+        if route.down_since is None and route.failures >= self.down_after:
+            route.down_since, route.next_probe = now, now + self.probe_every
+            self.log.append((now, route.name, f"down after {route.failures} failures in a row"))
+
+    def probes_due(self, now: float) -> list[IngressRoute]:
+        due = [r for r in self.routes if r.down_since is not None and r.next_probe <= now]
+        for r in due:
+            r.next_probe = now + self.probe_every
+        return due
+
+    def probe_result(self, route: IngressRoute, status: int | None, now: float) -> None:
+        if status == 200 and route.down_since is not None:
+            route.down_since, route.failures = None, 0
+            self.log.append((now, route.name, "up (OPTIONS answered 200)"))
+
+
+class RoutedCarrier:
+    """A ``Carrier`` that places each call over a ``RouteList``: on a 403, a 5xx or
+    silence from one ingress it tries the next (RFC 3263 4.3: the next server of the list),
+    and keeps the list's up/down marks, re-probing down routes with OPTIONS. Note that an
+    OPTIONS 200 only proves the ingress answers pings: a firewall passing OPTIONS but
+    refusing INVITEs brings the route back up until the next calls fail again."""
+
+    def __init__(self, carrier: Carrier, routes: RouteList, *, provisional_timeout: float = 1.0) -> None:
+        self.carrier = carrier
+        self.routes = routes
+        self.provisional_timeout = provisional_timeout
+        self._prober: asyncio.Task[None] | None = None
+
+    async def call(self, plan: CallPlan) -> list[CallResult]:
+        """The result of each route tried, in order (the last is the call's outcome)."""
+        loop = asyncio.get_running_loop()
+        tried: list[CallResult] = []
+        for route in self.routes.order():
+            result = await self.carrier.call(plan, ingress=route.address, provisional_timeout=self.provisional_timeout)
+            result.route = route.name
+            tried.append(result)
+            moved_on = (result.outcome is Outcome.NO_ANSWER and result.reason == "nothing heard from the ingress") or (
+                result.outcome is Outcome.FAILED and result.status in NEXT_ROUTE_STATUSES) or result.outcome is Outcome.ERROR
+            self.routes.result(route, not moved_on, loop.time())
+            if not moved_on:
+                break
+        return tried
+
+    async def start(self) -> None:
+        self._prober = asyncio.create_task(self._probe_loop(), name="carrier-route-probes")
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+
+    async def _probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for route in self.routes.probes_due(loop.time()):
+                status = await self.carrier.options(route.address, timeout=min(1.0, self.routes.probe_every))
+                self.routes.probe_result(route, status, loop.time())
+            await asyncio.sleep(self.routes.probe_every / 4)
