@@ -255,23 +255,23 @@ def validate_ipaws(alert: Alert, *, max_polygon_points: int = MAX_POLYGON_POINTS
                                                          "(IPAWS profile v1.0 section 3)"))  # fmt: skip
         for c in same:
             if not _SAME_EVENT.fullmatch(c.value):
-                problems.append(Problem(f"{path}.eventCode[SAME]", f"must be 3 capital letters, not {c.value[:20]!r}"))
+                problems.append(Problem(f"{path}.eventCode.SAME", f"must be 3 capital letters, not {c.value[:20]!r}"))
         org = info.parameter("EAS-ORG")
         if org is None:
-            problems.append(Problem(f"{path}.parameter[EAS-ORG]", "required (IPAWS profile v1.0 section 3)"))
+            problems.append(Problem(f"{path}.parameter.EAS-ORG", "required (IPAWS profile v1.0 section 3)"))
         elif org not in EAS_ORIGINATORS:
-            problems.append(Problem(f"{path}.parameter[EAS-ORG]", f"must be one of {', '.join(sorted(EAS_ORIGINATORS))}, "
+            problems.append(Problem(f"{path}.parameter.EAS-ORG", f"must be one of {', '.join(sorted(EAS_ORIGINATORS))}, "
                                                                   f"not {org[:20]!r} (47 CFR 11.31)"))  # fmt: skip
         for name, limit in (("CMAMtext", WEA_SHORT_TEXT), ("CMAMlongtext", WEA_LONG_TEXT)):
             text = info.parameter(name)
             if text is not None and len(text) > limit:
-                problems.append(Problem(f"{path}.parameter[{name}]", f"has {len(text)} characters; WEA carries at most "
+                problems.append(Problem(f"{path}.parameter.{name}", f"has {len(text)} characters; WEA carries at most "
                                                                      f"{limit} (47 CFR 10.430)"))  # fmt: skip
             if text is not None and not text.strip():
-                problems.append(Problem(f"{path}.parameter[{name}]", "must not be empty"))
+                problems.append(Problem(f"{path}.parameter.{name}", "must not be empty"))
         handling = info.parameter("WEAHandling")
         if handling is not None and handling not in WEA_HANDLING:
-            problems.append(Problem(f"{path}.parameter[WEAHandling]", f"must be one of {', '.join(sorted(WEA_HANDLING))}, "
+            problems.append(Problem(f"{path}.parameter.WEAHandling", f"must be one of {', '.join(sorted(WEA_HANDLING))}, "
                                                                       f"not {handling[:40]!r}"))  # fmt: skip
         if not info.areas and alert.msg_type != MsgType.CANCEL:
             problems.append(Problem(f"{path}.area", "at least one area is required (IPAWS profile v1.0 section 3)"))
@@ -282,7 +282,7 @@ def validate_ipaws(alert: Alert, *, max_polygon_points: int = MAX_POLYGON_POINTS
                                                                      "(IPAWS profile v1.0 section 3)"))  # fmt: skip
             for g in codes:
                 if not _SAME_GEOCODE.fullmatch(g.value):
-                    problems.append(Problem(f"{path}.area[{j}].geocode[SAME]", f"must be 6 digits PSSCCC, not {g.value[:20]!r}"))
+                    problems.append(Problem(f"{path}.area[{j}].geocode.SAME", f"must be 6 digits PSSCCC, not {g.value[:20]!r}"))
     return problems
 
 
