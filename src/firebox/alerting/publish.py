@@ -336,6 +336,15 @@ class AlertService:
         self.deliveries += deliveries
         return deliveries
 
+    async def settle(self) -> None:
+        """Wait until the updates handed to ``listener`` are handled and published."""
+        for _ in range(100):  # bounded: each round runs what the last one scheduled
+            if not self._flush_scheduled and not self._tasks:
+                return
+            await asyncio.sleep(0)
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def start(self) -> None:
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="alert-renewal")
