@@ -50,8 +50,8 @@ class Call:
         return RouteLogEvent(timestamp=ts(), recipient_uri=uri, rule_id=rule, policy_owner=AG,
                              policy_type="OriginationRoutingPolicy", **self.ids)  # fmt: skip
 
-    def response(self, status: int, incoming: bool = True, method: str = "INVITE"):
-        text = f"SIP/2.0 {status} X\r\nTo: {self.to};tag=1\r\nCall-ID: {self.sip}\r\nCSeq: 1 {method}\r\n\r\n"
+    def response(self, status: int, incoming: bool = True, method: str = "INVITE", extra: str = ""):
+        text = f"SIP/2.0 {status} X\r\nTo: {self.to};tag=1\r\nCall-ID: {self.sip}\r\nCSeq: 1 {method}\r\n{extra}\r\n"
         return CallSignalingMessageLogEvent(timestamp=ts(), text=text,
                                             direction=Direction.INCOMING if incoming else Direction.OUTGOING,
                                             ip_address_port="127.0.0.1:5099", **self.ids)  # fmt: skip
@@ -82,7 +82,7 @@ def test_counts_per_scope_from_log_events():
         w.log_event(e, T0 + 3)
     f = w.figures(T0 + 4)
     assert f.get(Scope.STATEWIDE).as_dict() | {"answer_ratio": None} == {
-        "entered": 7, "routed": 0, "answered": 6, "rerouted": 0, "failed": 1, "answer_ratio": None}
+        "entered": 7, "routed": 0, "answered": 6, "rerouted": 0, "failed": 1, "overflowed": 0, "answer_ratio": None}
     assert f.get(Scope.INGRESS, "carrier-x").entered == 7
     assert f.get(Scope.ELEMENT, EL).answered == 6
     assert f.get(Scope.PSAP, "a").answered == 3 and f.get(Scope.PSAP, "a").answer_ratio == 1.0
@@ -135,3 +135,19 @@ def test_states_and_bad_events():
     w.log_event({"logEventType": "CallSignalingMessageLogEvent", "callIdSip": "x"}, T0)  # no text
     w.log_event("not an event", T0)
     assert w.rejected == 2
+
+
+def test_a_busy_psap_overflowing_to_its_alternate_is_not_failing():
+    """A PSAP that answers busy (its overflow: 486, 480, 600, 503 with Retry-After) is
+    alive; its calls answered by an alternate are ``overflowed``, outside its answer ratio.
+    A bare 503 (a proxy in front of a dead PSAP) is a reroute and counts against it."""
+    w = Watch(PSAPS, REGIONS)
+    uri_c, uri_a = "sip:psap-c@demo.firebox.test", "sip:psap-a@demo.firebox.test"
+    for i, (status, extra) in enumerate([(486, ""), (480, ""), (503, "Retry-After: 10\r\n"), (503, "")]):
+        c = Call(f"busy-{i}")
+        for e in (c.start(), c.invite(), c.route(uri_c), c.response(status, extra=extra), c.route(uri_a, "failover"),
+                  c.response(200), c.response(200, incoming=False), c.end()):  # fmt: skip
+            w.log_event(e, T0 + i)
+    c_counts = w.figures(T0 + 5).get(Scope.PSAP, "c")
+    assert (c_counts.overflowed, c_counts.rerouted, c_counts.answered) == (3, 1, 0)
+    assert c_counts.settled == 1  # only the bare 503 is held against it

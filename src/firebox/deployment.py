@@ -437,6 +437,29 @@ class MonitorConfig(_Model):
     regions: dict[str, str] = {}
 
 
+class ChangesConfig(_Model):
+    """Safe rule changes (``firebox.change``): every BCF rule set and routing policy change
+    submitted, checked against the 911 invariant, staged (shadow, canary, full) and rolled
+    back automatically when probes fail or answers drop; served at ``/changes`` on
+    ``listen`` (``firebox change ...`` talks to it), kept in ``store``."""
+
+    listen: Listen = "127.0.0.1:7070"
+    store: str = "changes.db"
+    guard_period_seconds: float = Field(default=5.0, gt=0, le=600)
+
+
+class StatusPageConfig(_Model):
+    """The public 911 status page (``/status/`` on ``listen``): each town's 911 status from
+    the monitor's outages, and what to do instead. ``business_lines``: a YAML file of extra
+    agency lines (each PSAP's own line is always there); every line's PSTN gateway route is
+    checked with SIP OPTIONS every ``check_period_seconds`` (0: not checked)."""
+
+    listen: Listen = "127.0.0.1:7070"
+    title: str | None = None
+    business_lines: Path | None = None
+    check_period_seconds: float = Field(default=60.0, ge=0, le=3600)
+
+
 class Elements(_Model):
     ecrf: EcrfConfig | None = EcrfConfig()
     lis: LisConfig | None = LisConfig()
@@ -451,6 +474,8 @@ class Elements(_Model):
     cad: CadConfig | None = None
     console: ConsoleConfig | None = None
     monitor: MonitorConfig | None = None
+    changes: ChangesConfig | None = None
+    status_page: StatusPageConfig | None = None
 
     def logging_services(self) -> list[LoggingServiceConfig]:
         """The Logging Services this node runs (``logging``: one, a list, or none)."""
@@ -495,6 +520,10 @@ class Deployment(_Model):
             for psap_id in self.elements.monitor.regions:
                 if psap_id not in known:
                     problems.append((("elements", "monitor", "regions", psap_id), f"unknown PSAP id '{psap_id}'"))
+        if self.elements.changes is not None and self.elements.bcf is None:
+            problems.append((("elements", "changes"), "rule changes are installed into the BCF and ESRP: add elements.bcf"))
+        if self.elements.status_page is not None and self.elements.monitor is None:
+            problems.append((("elements", "status_page"), "the status page shows the monitor's outages: add elements.monitor"))
         return problems
 
     def _check_console(self, known: set[str]) -> list[tuple[tuple[Any, ...], str]]:

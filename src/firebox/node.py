@@ -120,6 +120,12 @@ class Node:
     box_listener: Any = None
     console_app: Any = None
     watches: list[Any] = field(default_factory=list)
+    #: Safe rule changes (``elements.changes``), once the BCF + ESRP run.
+    changes: Any = None
+    #: The public status page's board and the business lines' gateway check
+    #: (``elements.status_page``).
+    status_board: Any = None
+    line_checker: Any = None
     #: Background tasks of the running node (callback worklist delivery), cancelled at stop.
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     #: What the run's i3 logging did, for the summary: events logged (by element), rejected,
@@ -263,6 +269,15 @@ def _apps(node: Node) -> dict[str, Any]:
         from firebox.monitor.http import monitor_routes
 
         routes.setdefault(els.monitor.listen, []).extend(monitor_routes(lambda: node.monitor))
+    if els.changes is not None:
+        from firebox.change.http import change_routes
+
+        routes.setdefault(els.changes.listen, []).extend(change_routes(lambda: node.changes))
+    if els.status_page is not None:
+        from firebox.alerting.statuspage import status_routes
+
+        title = els.status_page.title or f"{node.deployment.authority.name} 911 status"
+        routes.setdefault(els.status_page.listen, []).extend(status_routes(lambda: node.status_board, title=title))
     if els.console is not None and node.cad is not None:
         from starlette.routing import Mount
 
@@ -604,7 +619,110 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         )
     await start_monitor(node, console)
     node.tasks.append(asyncio.create_task(_deliver_worklist(node), name="worklist-delivery"))
+    _start_changes(node, console)
+    await _start_status_page(node, console)
     return http
+
+
+def _start_changes(node: Node, console: Console | None) -> None:
+    """Safe rule changes over the running BCF and ESRP (``elements.changes``), signed with
+    the node's log signing key when it has one."""
+    cfg = node.deployment.elements.changes
+    if cfg is None or node.core is None:
+        return
+    from firebox.change.apply import ChangeManager
+    from firebox.change.core import ChangeKind
+    from firebox.change.store import ChangeStore
+
+    dep = node.deployment
+    els = dep.elements
+    domain = dep.authority.domain
+    targets: dict[ChangeKind, str] = {}
+    if els.bcf is not None and els.bcf.policy is not None:
+        targets[ChangeKind.BCF] = els.bcf.policy.policy_id
+    if els.esrp is not None and els.esrp.policy is not None:
+        targets[ChangeKind.ROUTING] = els.esrp.policy.policy_id
+    sources = dict(els.bcf.sources) if els.bcf is not None else {}
+    # The monitor's test calls enter from this host: the canary ingress "bcf.<domain>" is
+    # the source the BCF gives that address.
+    probe_source = node.core.bcf.source_of("127.0.0.1")
+    key = _signing_key(node)
+    node.changes = ChangeManager(
+        ChangeStore(_store_url(dep, cfg.store)), sources=sources, bcf=node.core.bcf, router=node.core.router,
+        monitor=node.monitor, log_sender=node.log_sender, log_store=node.log_store, targets=targets,
+        key=key, element_id=f"esrp.{domain}", agency_id=domain,
+        ingress_sources={f"bcf.{domain}": probe_source},
+    )  # fmt: skip
+    node.changes.start(interval=cfg.guard_period_seconds)
+    if console is not None:
+        console.print(f"[green]rule changes[/green]: /changes (firebox change ...); every change checked against the 911 invariant")
+
+
+async def _start_status_page(node: Node, console: Console | None) -> None:
+    """The public status page's board (towns from the GIS, stations and boxes from the
+    CAD's files), fed by the monitor's outages; the business lines' gateway check."""
+    cfg = node.deployment.elements.status_page
+    if cfg is None or node.monitor is None:
+        return
+    from firebox.alerting.businesslines import BusinessLineRegistry, GatewayCheck, GatewayChecker
+
+    dep = node.deployment
+    registry = BusinessLineRegistry.from_deployment(dep, dep.resolve(cfg.business_lines) if cfg.business_lines else None)
+    board = _status_board(node, registry)
+    for outage in node.monitor.detector.outages():
+        board.apply_outage(outage.as_dict(), time.time())
+    node.monitor.listeners.append(lambda update: board.apply_outage(update.outage, time.time()))
+    node.status_board = board
+    gateway = dep.elements.esrp.pstn_gateway if dep.elements.esrp is not None else None
+    if cfg.check_period_seconds and gateway:
+        period = cfg.check_period_seconds
+        check = GatewayCheck(registry.uris(gateway), period=period, timeout=min(5.0, period), start=time.time())
+        node.line_checker = GatewayChecker(
+            check, resolve=sip_resolver(node),
+            on_change=lambda change: board.set_line_health(change.number, change.new, time.time()),
+        )  # fmt: skip
+        await node.line_checker.start()
+    if console is not None:
+        lines = f"{len(registry)} business lines" + (f", routes checked every {cfg.check_period_seconds:g} s" if node.line_checker else "")
+        console.print(f"[green]status page[/green]: /status/ ({len(board.records)} towns; {lines})")
+
+
+def _status_board(node: Node, registry: Any) -> Any:
+    import shapely
+
+    from firebox.alerting.status import BoxInfo, PsapInfo, StationInfo, StatusBoard, TownInfo
+    from firebox.cad.data import load_stations_geojson
+
+    dep = node.deployment
+    # The towns are the police boundaries (one per town, as the console's map draws them),
+    # named by their town attribute when the layer has one; each town's PSAP is the one
+    # whose urn:service:sos boundary holds it.
+    towns = []
+    layer = node.index.layer("urn:service:sos.police") or node.index.layer("urn:service:sos")
+    sos = node.index.layer("urn:service:sos")
+    psap_by_uri = {p.uri: p.id for p in dep.psaps}
+    if layer is not None and sos is not None:
+        reps = shapely.point_on_surface(layer.geometries)
+        found = sos.locate_xy(shapely.get_x(reps), shapely.get_y(reps))
+        for i, b in enumerate(layer.boundaries):
+            psap_id = psap_by_uri.get(sos.boundaries[found[i]].uri) if found[i] >= 0 else None
+            if psap_id is None:
+                continue
+            name = str(b.attrs.get("town") or b.name).title()
+            towns.append(TownInfo(str(b.attrs.get("town_id") or b.id), name, psap_id, float(reps[i].x), float(reps[i].y)))
+    psaps = [PsapInfo(p.id, p.name, tuple(p.alternates)) for p in dep.psaps]
+    stations: list[StationInfo] = []
+    boxes: list[BoxInfo] = []
+    cad = dep.elements.cad
+    if cad is not None and cad.stations is not None:
+        stations = [StationInfo(s.id, s.kind, s.name, "", "", s.lon, s.lat)
+                    for s in load_stations_geojson(dep.resolve(cad.stations))]  # fmt: skip
+    if node.cad is not None:
+        for box in node.cad.boxes.values():
+            if box.number.isdigit():
+                boxes.append(BoxInfo(int(box.number), box.location, "", box.town or "", box.point.lon, box.point.lat))
+    regions = dep.elements.monitor.regions if dep.elements.monitor is not None else {}
+    return StatusBoard(towns, psaps, registry, regions=regions, stations=stations, boxes=boxes, now=time.time())
 
 
 #: How often the ESRP's callback worklist is offered to the PSAPs that are reachable again.
@@ -743,6 +861,16 @@ def _call_logger(node: Node) -> Any:
                       signaling=dep.elements.log_events.signaling)  # fmt: skip
 
 
+def _signing_key(node: Node) -> Any:
+    """The node's signing key (``elements.log_events.signing_key``), or None."""
+    cfg = node.deployment.elements.log_events
+    if cfg is None or cfg.signing_key is None:
+        return None
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return load_pem_private_key(node.deployment.resolve(cfg.signing_key).read_bytes(), password=None)
+
+
 def _log_sender(node: Node, element: str) -> Any:
     """A started ``LogSender`` for ``element`` (``esrp``, ``ecrf``): to every Logging
     Service of ``elements.log_events``, signed when the deployment gives a key, with its own
@@ -752,12 +880,11 @@ def _log_sender(node: Node, element: str) -> Any:
     dep = node.deployment
     cfg = dep.elements.log_events
     assert cfg is not None
-    key = x5c = None
+    key = _signing_key(node)
+    x5c = None
     if cfg.signing_key is not None:
         from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-        key = load_pem_private_key(dep.resolve(cfg.signing_key).read_bytes(), password=None)
         if cfg.certificate is not None:
             x5c = x509.load_pem_x509_certificates(dep.resolve(cfg.certificate).read_bytes())
     spool = dep.resolve(cfg.spool) / element
@@ -800,6 +927,10 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
 
 
 async def stop_sip(node: Node) -> None:
+    if node.changes is not None:
+        await node.changes.stop()
+    if node.line_checker is not None:
+        await node.line_checker.close()
     for task in node.tasks:
         task.cancel()
     for task in node.tasks:
@@ -1343,6 +1474,10 @@ def demo_deployment(
         }  # fmt: skip
         # The monitor: every call's log events watched, a test call to each PSAP every 30 s.
         data["elements"]["monitor"] = {"listen": listen, "probe_period_seconds": 30.0}
+        # Rule changes staged and guarded; the public status page with every business line's
+        # gateway route checked each minute.
+        data["elements"]["changes"] = {"listen": listen, "store": "changes.db"}
+        data["elements"]["status_page"] = {"listen": listen, "check_period_seconds": 60.0}
         users = demo_users({p.id: [f"{p.id}-desk"] for p in handled}, DEMO_CONSOLE_PASSWORD)
         data["elements"]["console"] = {
             "listen": listen,

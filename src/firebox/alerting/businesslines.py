@@ -519,8 +519,10 @@ class GatewayChecker:
     def __init__(
         self, check: GatewayCheck, *, host: str = "127.0.0.1", port: int = 0,
         on_change: Callable[[LineChange], None] | None = None, clock: Callable[[], float] = time.time,
-        max_sleep: float = 1.0,
+        max_sleep: float = 1.0, resolve: Callable[[str], tuple[str, int, str] | None] | None = None,
     ) -> None:  # fmt: skip
+        #: Where a line's URI is sent (the node's SIP resolver); None: the URI's own host.
+        self.resolve = resolve
         self.check = check
         self.host, self.port = host, port
         self.on_change = on_change
@@ -537,7 +539,8 @@ class GatewayChecker:
 
         self._server = await start_sip_server(self._on_message, self.host, self.port, transports=("udp",))
         self.port = self._server.addresses["udp"][1]
-        self._outbound = Outbound(lambda message, address: self._server.send(message, address), lambda uri: None)
+        self._outbound = Outbound(lambda message, address: self._server.send(message, address),
+                                  self.resolve or (lambda uri: None))  # fmt: skip
         self._task = asyncio.create_task(self._run(), name="business-line gateway check")
 
     async def close(self) -> None:

@@ -52,6 +52,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TEST_SERVICE = "urn:service:test.sos"
+#: A PSAP's explicit "busy" answers (RFC 3261 21.4.18 486, 21.4.14 480, 21.6.1 600; and 503
+#: *with* Retry-After, 21.5.4, which is how a full queue answers): its overflow, not its
+#: failure. A bare 503 is what a proxy in front of a dead PSAP sends: a failure.
+BUSY_STATUSES = frozenset({480, 486, 600})
 #: Calls whose fate is followed at once (oldest forgotten first).
 MAX_CALLS = 20_000
 
@@ -70,6 +74,11 @@ class Metric(StrEnum):
     ANSWERED = "answered"  # 200 to the INVITE (PSAP/region: answered there)
     REROUTED = "rerouted"  # PSAP/region: meant for it, answered elsewhere
     FAILED = "failed"  # ended without any answer
+    #: PSAP/region: meant for it, which declined it as busy (its overflow rule: 486, 480,
+    #: 503, 600), then answered elsewhere. An overloaded PSAP is answering as fast as it can;
+    #: its overflow going to alternates is the design (NENA-STA-020 overflow), not an outage,
+    #: so it is left out of the answer ratio (a PSAP that is down does not answer at all).
+    OVERFLOWED = "overflowed"
 
 
 def massachusetts_profile(per_day: float = 8800.0) -> tuple[float, ...]:
@@ -92,6 +101,7 @@ class Counts:
     answered: int = 0
     rerouted: int = 0
     failed: int = 0
+    overflowed: int = 0
 
     @property
     def settled(self) -> int:
@@ -104,7 +114,8 @@ class Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {"entered": self.entered, "routed": self.routed, "answered": self.answered,
-                "rerouted": self.rerouted, "failed": self.failed, "answer_ratio": self.answer_ratio}  # fmt: skip
+                "rerouted": self.rerouted, "failed": self.failed, "overflowed": self.overflowed,
+                "answer_ratio": self.answer_ratio}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +196,7 @@ class _Call:
     last: str | None = None  # PSAP id (or URI) of the latest route
     answered_by: str | None = None
     done: bool = False
+    overflowed: bool = False  # the intended PSAP answered busy (its overflow)
 
 
 class _Buckets:
@@ -421,6 +433,8 @@ class Watch:
             if status >= 300:
                 self.errors_total[("psap", status)] += 1
                 self._buckets.add(("error", "psap", str(status)), now)
+                if call.intended is not None and call.last == call.intended and _is_overflow(status, rest):
+                    call.overflowed = True
                 return
             if call.answered_by is None:
                 call.answered_by = call.last or "unknown"
@@ -441,11 +455,12 @@ class Watch:
         region = self.regions.get(call.intended)
         if metric is Metric.ANSWERED:
             here = call.answered_by == call.intended
-            self._count(Metric.ANSWERED if here else Metric.REROUTED, Scope.PSAP, call.intended, now)
+            elsewhere = Metric.OVERFLOWED if call.overflowed else Metric.REROUTED
+            self._count(Metric.ANSWERED if here else elsewhere, Scope.PSAP, call.intended, now)
             if call.answered_by in self.regions and self.regions.get(call.answered_by) == region:
                 self._count(Metric.ANSWERED, Scope.REGION, region, now)
             else:
-                self._count(Metric.REROUTED, Scope.REGION, region, now)
+                self._count(elsewhere, Scope.REGION, region, now)
         else:
             self._count(metric, Scope.PSAP, call.intended, now)
             self._count(metric, Scope.REGION, region, now)
@@ -468,6 +483,10 @@ class Watch:
 
 def _errors(counts: Counter[tuple[str, ...]], side: str) -> dict[tuple[str, int], int]:
     return {(side, int(k[2])): n for k, n in counts.items() if k[0] == "error" and k[1] == side}
+
+
+def _is_overflow(status: int, rest: str) -> bool:
+    return status in BUSY_STATUSES or (status == 503 and bool(_header(rest, "retry-after")))
 
 
 def _cseq_method(head: str) -> str:
