@@ -460,6 +460,26 @@ class StatusPageConfig(_Model):
     check_period_seconds: float = Field(default=60.0, ge=0, le=3600)
 
 
+class AlertingConfig(_Model):
+    """Public alerting (``firebox.alerting``, OASIS CAP 1.2 with the IPAWS profile): an
+    outage that affects the public is drafted as a CAP alert in English and Spanish within
+    the detector's step; ``auto_send_statewide`` sends a statewide one (and its Updates and
+    Cancel) at once, others wait for approval (``two_person``: by two people). Sent
+    messages go to ``webhooks``, to the IPAWS-OPEN gateway's spool directory
+    ``ipaws_spool`` and to the Atom feed ``/alerts/feed`` on ``listen``; signed (XML-DSig)
+    with ``signing_key`` / ``certificate`` (PEM) when given; every one is logged."""
+
+    listen: Listen = "127.0.0.1:7070"
+    sender: str | None = None  # default alerts@<authority domain>
+    auto_send_statewide: bool = True
+    two_person: bool = False
+    webhooks: list[HttpUrl] = []
+    ipaws_spool: Path | None = None
+    signing_key: Path | None = None
+    certificate: Path | None = None
+    state_same: str | None = Field(default=None, pattern=r"^\d{6}$")
+
+
 class Elements(_Model):
     ecrf: EcrfConfig | None = EcrfConfig()
     lis: LisConfig | None = LisConfig()
@@ -476,6 +496,7 @@ class Elements(_Model):
     monitor: MonitorConfig | None = None
     changes: ChangesConfig | None = None
     status_page: StatusPageConfig | None = None
+    alerting: AlertingConfig | None = None
 
     def logging_services(self) -> list[LoggingServiceConfig]:
         """The Logging Services this node runs (``logging``: one, a list, or none)."""
@@ -522,6 +543,10 @@ class Deployment(_Model):
                     problems.append((("elements", "monitor", "regions", psap_id), f"unknown PSAP id '{psap_id}'"))
         if self.elements.changes is not None and self.elements.bcf is None:
             problems.append((("elements", "changes"), "rule changes are installed into the BCF and ESRP: add elements.bcf"))
+        if self.elements.alerting is not None and self.elements.monitor is None:
+            problems.append((("elements", "alerting"), "alerts are drafted from the monitor's outages: add elements.monitor"))
+        if self.elements.alerting is not None and (self.elements.alerting.signing_key is None) != (self.elements.alerting.certificate is None):
+            problems.append((("elements", "alerting"), "signing needs both signing_key and certificate"))
         if self.elements.status_page is not None and self.elements.monitor is None:
             problems.append((("elements", "status_page"), "the status page shows the monitor's outages: add elements.monitor"))
         return problems

@@ -126,6 +126,8 @@ class Node:
     #: (``elements.status_page``).
     status_board: Any = None
     line_checker: Any = None
+    #: Public alerting (``elements.alerting``): the CAP alert service.
+    alerts: Any = None
     #: Background tasks of the running node (callback worklist delivery), cancelled at stop.
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     #: What the run's i3 logging did, for the summary: events logged (by element), rejected,
@@ -273,6 +275,13 @@ def _apps(node: Node) -> dict[str, Any]:
         from firebox.change.http import change_routes
 
         routes.setdefault(els.changes.listen, []).extend(change_routes(lambda: node.changes))
+    if els.alerting is not None:
+        from firebox.alerting.http import alerting_routes
+
+        # The public views only (the list, each CAP message, the Atom feed): approving an
+        # alert is a signed-in person's act, not an anonymous POST.
+        public = [r for r in alerting_routes(lambda: node.alerts) if "POST" not in (getattr(r, "methods", None) or ())]
+        routes.setdefault(els.alerting.listen, []).extend(public)
     if els.status_page is not None:
         from firebox.alerting.statuspage import status_routes
 
@@ -621,7 +630,60 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
     node.tasks.append(asyncio.create_task(_deliver_worklist(node), name="worklist-delivery"))
     _start_changes(node, console)
     await _start_status_page(node, console)
+    _start_alerting(node, console)
     return http
+
+
+def _start_alerting(node: Node, console: Console | None) -> None:
+    """CAP alerts drafted from the monitor's outages (``elements.alerting``) over the towns
+    of the GIS (the police boundaries, one per town, as the status page)."""
+    cfg = node.deployment.elements.alerting
+    if cfg is None or node.monitor is None:
+        return
+    import functools
+
+    import shapely
+
+    from firebox.alerting.drafts import AlertArea, AlertManager, AlertPolicy, AlertPsap, AlertTown
+    from firebox.alerting.publish import AlertLogger, AlertService, AtomFeed, SpoolIpawsAdapter, WebhookPublisher
+    from firebox.cap import dsig
+
+    dep = node.deployment
+    domain = dep.authority.domain
+    layer = node.index.layer("urn:service:sos.police") or node.index.layer("urn:service:sos")
+    sos = node.index.layer("urn:service:sos")
+    psap_by_uri = {p.uri: p.id for p in dep.psaps}
+    towns: dict[str, AlertTown] = {}
+    if layer is not None and sos is not None:
+        reps = shapely.point_on_surface(layer.geometries)
+        found = sos.locate_xy(shapely.get_x(reps), shapely.get_y(reps))
+        for i, b in enumerate(layer.boundaries):
+            psap_id = psap_by_uri.get(sos.boundaries[found[i]].uri) if found[i] >= 0 else None
+            if psap_id is not None:
+                town_id = str(b.attrs.get("town_id") or b.id)
+                towns[town_id] = AlertTown(town_id, str(b.attrs.get("town") or b.name), b.geometry, psap_id)
+    regions = dep.elements.monitor.regions if dep.elements.monitor is not None else {}
+    area = AlertArea(dep.authority.name, towns, {p.id: AlertPsap(p.id, p.name, p.business_line) for p in dep.psaps},
+                     regions=regions, elements={f"esrp.{domain}": frozenset(p.id for p in dep.psaps)},
+                     state_same=cfg.state_same)  # fmt: skip
+    signer = None
+    if cfg.signing_key is not None and cfg.certificate is not None:
+        signer = functools.partial(dsig.sign, key_pem=dep.resolve(cfg.signing_key).read_bytes(),
+                                   cert_pem=dep.resolve(cfg.certificate).read_bytes())  # fmt: skip
+    policy = AlertPolicy(cfg.sender or f"alerts@{domain}", auto_send_statewide=cfg.auto_send_statewide,
+                         two_person=cfg.two_person)  # fmt: skip
+    host = cfg.listen.replace("0.0.0.0", "127.0.0.1")
+    feed = AtomFeed(f"tag:{domain},2026:alerts", f"{dep.authority.name} 911 public alerts", dep.authority.name,
+                    f"http://{host}/alerts")  # fmt: skip
+    ipaws = SpoolIpawsAdapter(dep.resolve(cfg.ipaws_spool)) if cfg.ipaws_spool is not None else None
+    logger = AlertLogger(node.log_sender, element_id=_source(dep, "alerting"), agency_id=domain) if node.log_sender else None
+    node.alerts = AlertService(AlertManager(area, policy, signer=signer), feed,
+                               webhooks=[WebhookPublisher(str(u)) for u in cfg.webhooks], ipaws=ipaws, logger=logger)  # fmt: skip
+    node.monitor.listeners.append(node.alerts.listener)
+    node.alerts.start()
+    if console is not None:
+        how = "statewide ones sent at once, others on approval" if cfg.auto_send_statewide else "each on approval"
+        console.print(f"[green]public alerts[/green]: CAP 1.2 drafts for {len(towns)} towns ({how}); /alerts/feed")
 
 
 def _start_changes(node: Node, console: Console | None) -> None:
@@ -927,6 +989,8 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
 
 
 async def stop_sip(node: Node) -> None:
+    if node.alerts is not None:
+        await node.alerts.aclose()
     if node.changes is not None:
         await node.changes.stop()
     if node.line_checker is not None:
@@ -1478,6 +1542,9 @@ def demo_deployment(
         # gateway route checked each minute.
         data["elements"]["changes"] = {"listen": listen, "store": "changes.db"}
         data["elements"]["status_page"] = {"listen": listen, "check_period_seconds": 60.0}
+        # Public alerts: statewide ones go out at once; the rest are drafts to approve.
+        # The demo's coordinates lie in New Hampshire: its whole-state SAME code (033000).
+        data["elements"]["alerting"] = {"listen": listen, "ipaws_spool": "var/ipaws", "state_same": "033000"}
         users = demo_users({p.id: [f"{p.id}-desk"] for p in handled}, DEMO_CONSOLE_PASSWORD)
         data["elements"]["console"] = {
             "listen": listen,
