@@ -17,16 +17,17 @@ def test_psap_and_region_outages_mark_and_clear_exactly_their_queues() -> None:
     states = StateTable()
     routing = OutageRouting(states, PSAPS, REGIONS)
     routing.apply(outage("o1", "psap", "c", "suspected"))
-    assert states.outage_verdict(PSAPS["c"]).availability is Availability.SUSPECT
+    assert states.outage_verdict(PSAPS["c"]) is None  # a suspicion moves no call
     routing.apply(outage("o1", "psap", "c", "confirmed"))
     assert states.outage_verdict(PSAPS["c"]).availability is Availability.UNUSABLE
     assert "o1" in states.outage_verdict(PSAPS["c"]).reason
 
     routing.apply(outage("o2", "region", "west", "confirmed", "fiber cut"))
     assert {k for k in states.outage_marks()} == {"sip:a@esinet.test", "sip:b@esinet.test", "sip:c@esinet.test"}
-    # a later suspicion elsewhere does not weaken the region's confirmed mark
+    # a later suspicion elsewhere does not touch the region's confirmed mark
     routing.apply(outage("o3", "psap", "a", "suspected"))
     assert states.outage_verdict(PSAPS["a"]).availability is Availability.UNUSABLE
+    assert "o2" in states.outage_verdict(PSAPS["a"]).reason
 
     routing.apply(outage("o2", "region", "west", "cleared"))
     assert states.outage_verdict(PSAPS["a"]) is None and states.outage_verdict(PSAPS["b"]) is None

@@ -4,11 +4,14 @@ policy routing function uses the detector's states").
 ``OutageRouting`` listens to the monitor's outage updates and keeps the ESRP state table's
 outage marks (``firebox.esrp.states.StateTable.mark_outage``) in step:
 
-* a PSAP outage marks that PSAP's queue: ``suspected`` demotes it (tried after every
-  destination with no evidence against it), ``confirmed`` removes it from new calls'
-  failover lists, so they go straight to its alternates, the regional backup and last the
-  business lines, without each waiting out the no-answer timeout of a dead PSAP;
+* a *confirmed* PSAP outage marks that PSAP's queue: it leaves new calls' failover lists,
+  so they go straight to its alternates, the regional backup and last the business lines,
+  without each waiting out the no-answer timeout of a dead PSAP;
 * a region outage marks each PSAP of the region the same way;
+* a *suspected* outage marks nothing. Its evidence is one failed test call, a dip in the
+  answer ratio or a queue state; the state table already acts on the queue state itself,
+  and moving calls away from the PSAP the ECRF chose on weaker evidence, for as long as a
+  suspicion lasts, would send callers to a farther PSAP for nothing;
 * ``cleared`` lifts the marks that outage set (a mark another, still open outage set stays);
 * statewide and element outages mark nothing. Evidence that *every* PSAP fails says the
   common path (ingress, BCF, ESRP) is broken, not each PSAP, and removing every PSAP would
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from firebox.esrp.states import OutageMark, StateTable, uri_key
+from firebox.esrp.states import OutageMark, StateTable
 from firebox.monitor.detector import OutageScope, OutageState, OutageUpdate
 
 __all__ = ["OutageRouting"]
@@ -66,18 +69,13 @@ class OutageRouting:
                     log.warning("routing: outage %s ended; %s back in its normal route", oid, uri)
             return
         queues = self._queues(scope, key)
-        if not queues:
+        if not queues or state != OutageState.CONFIRMED:
             return
-        confirmed = state == OutageState.CONFIRMED
         reason = str(outage.get("cause") or f"{scope} {key}")
         for uri in queues:
-            held = self.states.outage_marks().get(uri_key(uri))
-            if held is not None and held.outage_id != oid and held.confirmed and not confirmed:
-                continue  # a confirmed mark of another outage is not weakened by a suspicion
-            self.states.mark_outage(uri, OutageMark(oid, confirmed, reason, now))
-            self.marked.setdefault(oid, [])
-            if uri not in self.marked[oid]:
-                self.marked[oid].append(uri)
-            what = "routed around" if confirmed else "demoted"
-            self.actions.append((oid, f"{what} {uri}", now.timestamp()))
-            log.warning("routing: outage %s %s: %s %s (%s)", oid, state, what, uri, reason)
+            if uri in self.marked.get(oid, []):
+                continue  # already routed around (a later update of the same outage)
+            self.states.mark_outage(uri, OutageMark(oid, True, reason, now))
+            self.marked.setdefault(oid, []).append(uri)
+            self.actions.append((oid, f"routed around {uri}", now.timestamp()))
+            log.warning("routing: outage %s confirmed: routed around %s (%s)", oid, uri, reason)
