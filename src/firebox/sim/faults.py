@@ -118,6 +118,8 @@ class Fault:
     #: Healed as soon as the outage is confirmed (the operator's rollback), not at the set time.
     heal_on_detect: ClassVar[bool] = False
     notes: list[str] = field(default_factory=list)
+    #: When the fault's own routing change took effect (e.g. a rolled-back policy installed).
+    rerouted_at: float | None = None
 
     async def inject(self, node: Any, harness: Harness) -> None:
         raise NotImplementedError
@@ -126,6 +128,10 @@ class Fault:
         raise NotImplementedError
 
     def affected(self, call: CallRow) -> bool:
+        return True
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        """Whether a confirmed outage is this fault's (others are reported as spurious)."""
         return True
 
     def rerouted(self, call: CallRow) -> bool:
@@ -146,6 +152,9 @@ class FirewallFault(Fault):
 
     async def heal(self, node: Any, harness: Harness) -> None:
         harness.firewall.blocking = False
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        return outage["scope"] == "statewide" or (outage["scope"] == "element" and ROUTE_A in outage["key"])
 
     def rerouted(self, call: CallRow) -> bool:
         # carried by the carrier's other ingress route and answered
@@ -248,8 +257,16 @@ class ConfigPushFault(Fault):
 
     async def heal(self, node: Any, harness: Harness) -> None:
         # Rollback: a version without the bad rule (nothing overrides the ECRF's answer).
+        watch = next((w for w in node.watches if getattr(w, "policy_id", None) == "demo-routing"), None)
+        version = watch.version if watch is not None else None
         await self._put(harness, [])
         self.rolled_back_at = time.time()
+        if watch is not None:
+            for _ in range(100):  # bounded: 10 s; the ESRP routes by the restored policy from here
+                if watch.version != version:
+                    self.rerouted_at = time.time()
+                    break
+                await asyncio.sleep(0.02)
 
     def affected(self, call: CallRow) -> bool:
         return call.psap_id != self.target_psap
@@ -296,6 +313,9 @@ class FiberCutFault(Fault):
     def affected(self, call: CallRow) -> bool:
         return call.psap_id in self.victims
 
+    def expected(self, outage: dict[str, Any]) -> bool:
+        return outage["scope"] in ("region", "statewide") or (outage["scope"] == "psap" and outage["key"] in self.victims)
+
 
 @dataclass
 class EvacuationFault(Fault):
@@ -325,6 +345,9 @@ class EvacuationFault(Fault):
 
     def affected(self, call: CallRow) -> bool:
         return call.psap_id == self.victim
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        return outage["scope"] in ("region", "statewide") or (outage["scope"] == "psap" and outage["key"] == self.victim)
 
 
 #: Bad sources of the flood: 127.0.0.2 .. 127.0.0.(1 + FLOOD_SOURCES).

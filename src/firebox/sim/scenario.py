@@ -157,6 +157,7 @@ class ScenarioResult:
     reroute_raw_s: float | None
     notify_raw_s: float | None
     outage_free: bool  # no call was affected and no outage declared: nothing to detect
+    spurious_outages: list[str]
     criteria: dict[str, bool]
     updates: list[dict[str, Any]]
     notifications: list[dict[str, Any]]
@@ -359,7 +360,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
                 task.add_done_callback(tasks.discard)
             if detected_at is None and fault_at is not None:
                 for at, u in updates:
-                    if at >= fault_at and u.outage["state"] == OutageState.CONFIRMED:
+                    if at >= fault_at and u.outage["state"] == OutageState.CONFIRMED and the_fault.expected(u.outage):
                         detected_at, detected = at, u.outage
                         break
             if the_fault is not None and fault_at is None and elapsed >= cfg.warmup:
@@ -380,7 +381,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         # a detection after the load ended still counts (bounded wait for the monitor)
         if fault_at is not None and detected_at is None:
             for at, u in updates:
-                if at >= fault_at and u.outage["state"] == OutageState.CONFIRMED:
+                if at >= fault_at and u.outage["state"] == OutageState.CONFIRMED and the_fault.expected(u.outage):
                     detected_at, detected = at, u.outage
                     break
         if detected is not None:
@@ -418,7 +419,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         marks = [at for oid, _what, at in routing.actions if oid == detected["id"]] if detected else []
         carried = [r.ended for r in affected if r.ended is not None and the_fault.rerouted(r)
                    and (the_fault.name != "config-push-2020" or (healed_at is not None and r.started >= healed_at))]  # fmt: skip
-        candidates = [t for t in (*marks, *carried) if t is not None and t >= fault_at]
+        candidates = [t for t in (*marks, *carried, the_fault.rerouted_at) if t is not None and t >= fault_at]
         if candidates:
             reroute_raw = min(candidates) - detected_at
         firsts = [t for t, h in hooks if detected and h.get("outage_id") == detected["id"]]
@@ -432,6 +433,9 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         criteria["detected_within_10s"] = detect_s is not None and detect_s <= DETECT_WITHIN
         criteria["rerouted_within_2s"] = reroute_s is not None and reroute_s <= REROUTE_WITHIN
         criteria["notified_within_60s"] = notify_s is not None and notify_s <= NOTIFY_WITHIN
+    # Confirmed outages that were not the fault's: the detector blaming the wrong thing.
+    spurious = sorted({u.outage["id"] for _at, u in updates if u.outage["state"] == OutageState.CONFIRMED
+                       and (the_fault is None or not the_fault.expected(u.outage))})  # fmt: skip
     lost = [{"n": r.n, "identity": r.identity, "town": r.town_id, "intended": r.psap_id, "lon": r.lon, "lat": r.lat,
              "started": r.started, "routes_tried": r.routes_tried, "call_ids": r.call_ids, "detail": r.detail}
             for r in rows if r.category == "lost"]  # fmt: skip
@@ -441,7 +445,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         started=started, fault_at=fault_at, healed_at=healed_at, ended=ended, offered=len(rows), counts=counts,
         detect_s=detect_s, reroute_s=reroute_s, notify_s=notify_s, detected_outage=detected,
-        reroute_raw_s=reroute_raw, notify_raw_s=notify_raw, outage_free=outage_free, criteria=criteria,
+        reroute_raw_s=reroute_raw, notify_raw_s=notify_raw, outage_free=outage_free, spurious_outages=spurious,
+        criteria=criteria,
         updates=[{"at": at, "kind": u.kind.value, "id": u.outage["id"], "scope": u.outage["scope"],
                   "key": u.outage["key"], "state": u.outage["state"], "cause": u.outage["cause"]} for at, u in updates],
         notifications=[{"at": t, "outage_id": h.get("outage_id"), "event": h.get("event"),
