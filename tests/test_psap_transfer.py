@@ -27,6 +27,8 @@ async def test_a_call_taker_transfers_a_call_through_the_esrp_to_another_psap(tm
     data["elements"]["bcf"].update(listen="127.0.0.1:0", transports=["udp"])
     data["elements"].pop("log_events", None)
     data["elements"].pop("monitor", None)  # its test calls are not what this test is about
+    for follower in ("status_page", "alerting"):  # they show the monitor's outages
+        data["elements"].pop(follower, None)
     home, other = state.psaps[1], state.psaps[2]
     for psap in (home, other):  # only the people's desks: nobody simulated answers first
         section = data["elements"]["call_handling"]["psaps"][psap.id]
