@@ -642,26 +642,13 @@ def _start_alerting(node: Node, console: Console | None) -> None:
         return
     import functools
 
-    import shapely
-
     from firebox.alerting.drafts import AlertArea, AlertManager, AlertPolicy, AlertPsap, AlertTown
     from firebox.alerting.publish import AlertLogger, AlertService, AtomFeed, SpoolIpawsAdapter, WebhookPublisher
     from firebox.cap import dsig
 
     dep = node.deployment
     domain = dep.authority.domain
-    layer = node.index.layer("urn:service:sos.police") or node.index.layer("urn:service:sos")
-    sos = node.index.layer("urn:service:sos")
-    psap_by_uri = {p.uri: p.id for p in dep.psaps}
-    towns: dict[str, AlertTown] = {}
-    if layer is not None and sos is not None:
-        reps = shapely.point_on_surface(layer.geometries)
-        found = sos.locate_xy(shapely.get_x(reps), shapely.get_y(reps))
-        for i, b in enumerate(layer.boundaries):
-            psap_id = psap_by_uri.get(sos.boundaries[found[i]].uri) if found[i] >= 0 else None
-            if psap_id is not None:
-                town_id = str(b.attrs.get("town_id") or b.id)
-                towns[town_id] = AlertTown(town_id, str(b.attrs.get("town") or b.name), b.geometry, psap_id)
+    towns = {t.id: AlertTown(t.id, t.name, t.geometry, t.psap_id) for t in _towns(node)}
     regions = dep.elements.monitor.regions if dep.elements.monitor is not None else {}
     area = AlertArea(dep.authority.name, towns, {p.id: AlertPsap(p.id, p.name, p.business_line) for p in dep.psaps},
                      regions=regions, elements={f"esrp.{domain}": frozenset(p.id for p in dep.psaps)},
@@ -749,29 +736,43 @@ async def _start_status_page(node: Node, console: Console | None) -> None:
         console.print(f"[green]status page[/green]: /status/ ({len(board.records)} towns; {lines})")
 
 
-def _status_board(node: Node, registry: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Town:
+    id: str
+    name: str
+    psap_id: str
+    geometry: Any
+    point: Any  # a point inside it
+
+
+def _towns(node: Node) -> list[_Town]:
+    """The towns the public pages and alerts speak of: the police boundaries (one per town,
+    as the console's map draws them), named by their town attribute when the layer has one;
+    each town's PSAP is the one whose ``urn:service:sos`` boundary holds it."""
     import shapely
 
+    layer = node.index.layer("urn:service:sos.police") or node.index.layer("urn:service:sos")
+    sos = node.index.layer("urn:service:sos")
+    if layer is None or sos is None:
+        return []
+    psap_by_uri = {p.uri: p.id for p in node.deployment.psaps}
+    reps = shapely.point_on_surface(layer.geometries)
+    found = sos.locate_xy(shapely.get_x(reps), shapely.get_y(reps))
+    towns = []
+    for i, b in enumerate(layer.boundaries):
+        psap_id = psap_by_uri.get(sos.boundaries[found[i]].uri) if found[i] >= 0 else None
+        if psap_id is not None:
+            towns.append(_Town(str(b.attrs.get("town_id") or b.id), str(b.attrs.get("town") or b.name), psap_id,
+                               b.geometry, reps[i]))  # fmt: skip
+    return towns
+
+
+def _status_board(node: Node, registry: Any) -> Any:
     from firebox.alerting.status import BoxInfo, PsapInfo, StationInfo, StatusBoard, TownInfo
     from firebox.cad.data import load_stations_geojson
 
     dep = node.deployment
-    # The towns are the police boundaries (one per town, as the console's map draws them),
-    # named by their town attribute when the layer has one; each town's PSAP is the one
-    # whose urn:service:sos boundary holds it.
-    towns = []
-    layer = node.index.layer("urn:service:sos.police") or node.index.layer("urn:service:sos")
-    sos = node.index.layer("urn:service:sos")
-    psap_by_uri = {p.uri: p.id for p in dep.psaps}
-    if layer is not None and sos is not None:
-        reps = shapely.point_on_surface(layer.geometries)
-        found = sos.locate_xy(shapely.get_x(reps), shapely.get_y(reps))
-        for i, b in enumerate(layer.boundaries):
-            psap_id = psap_by_uri.get(sos.boundaries[found[i]].uri) if found[i] >= 0 else None
-            if psap_id is None:
-                continue
-            name = str(b.attrs.get("town") or b.name).title()
-            towns.append(TownInfo(str(b.attrs.get("town_id") or b.id), name, psap_id, float(reps[i].x), float(reps[i].y)))
+    towns = [TownInfo(t.id, t.name.title(), t.psap_id, t.point.x, t.point.y) for t in _towns(node)]
     psaps = [PsapInfo(p.id, p.name, tuple(p.alternates)) for p in dep.psaps]
     stations: list[StationInfo] = []
     boxes: list[BoxInfo] = []
