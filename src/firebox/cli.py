@@ -16,6 +16,7 @@ from firebox.change.cli import change_app
 from firebox.console.cli import console_cli
 from firebox.logging.cli import logs_app
 from firebox.policy.cli import policy_app
+from firebox.sim.cli import scenario_app
 
 app = typer.Typer(
     name="firebox",
@@ -30,6 +31,7 @@ app.add_typer(lost_app, name="lost")
 app.add_typer(logs_app, name="logs")
 app.add_typer(policy_app, name="policy")
 app.add_typer(change_app, name="change")
+app.add_typer(scenario_app, name="scenario")
 app.add_typer(console_cli, name="console")
 
 console = Console()
