@@ -303,8 +303,6 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     await monitor.start()
 
     towns = towns_from_state(state) if state is not None else towns_from_deployment(dep, node.index)
-    if state is None:  # a deployment: the intended PSAP is the ECRF's boundary's
-        pass
     population = sum(t.population for t in towns)
     gen = CallGenerator(LoadModel(population, surge=cfg.surge), towns, seed=cfg.seed)
     alternates = {p.id: list(p.alternates) for p in dep.psaps}
