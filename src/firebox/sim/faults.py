@@ -322,6 +322,7 @@ class EvacuationFault(Fault):
     name: ClassVar[str] = "psap-evacuation"
     title: ClassVar[str] = "a PSAP goes to ServiceState Down on purpose (evacuation)"
     victim: str | None = None
+    _restore: Callable[[], None] | None = None
 
     def _states(self, node: Any, harness: Harness, down: bool) -> None:
         from firebox.esrp.states import QueueState, QueueStateValue, ServiceName, ServiceState, ServiceStateValue
@@ -337,10 +338,32 @@ class EvacuationFault(Fault):
             harness.monitor.state_of(state)
 
     async def inject(self, node: Any, harness: Harness) -> None:
+        from firebox.esrp.states import QueueState, QueueStateValue
+
         self.victim = harness.victim
+        core = node.agents.core if node.agents is not None else None
+        if core is not None:
+            # The PSAP's own QueueState notifier (the ESRP subscribes to it) must say Disabled
+            # too, else its next NOTIFY (Active) overwrites the state in the ESRP's table.
+            # The simulated agents have no "disabled by management" switch: this wraps their
+            # queue_state for the victim's queue (a hook; see the report).
+            original = core.queue_state
+            uri = harness.psaps[self.victim]
+
+            def queue_state(queue: Any) -> Any:
+                state = original(queue)
+                if queue.uri == uri:
+                    return QueueState(state.queue_uri, state.queue_length, state.max_length, QueueStateValue.DISABLED)
+                return state
+
+            core.queue_state = queue_state
+            self._restore = lambda: delattr(core, "queue_state")
         self._states(node, harness, down=True)
 
     async def heal(self, node: Any, harness: Harness) -> None:
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         self._states(node, harness, down=False)
 
     def affected(self, call: CallRow) -> bool:
