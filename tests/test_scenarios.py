@@ -14,11 +14,6 @@ from firebox.sim.faults import FAULTS
 from firebox.sim.report import render_html
 from firebox.sim.scenario import DETECT_WITHIN, NOTIFY_WITHIN, REROUTE_WITHIN, ScenarioConfig, run_scenario
 
-#: Known weaknesses these runs expose, reported to the lead (see the report of issue 6).
-KNOWN = {
-    "psap-evacuation": "the detector keeps a PSAP whose queue is Disabled (evacuation) at 'suspected': queue "
-                       "states are only FAILING evidence and its probe runs alternate between two ingresses",
-}
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
@@ -38,9 +33,6 @@ async def test_scenario(name, tmp_path):
         assert result["detected_outage"] is None
         return
     detected = result["detect_s"] is not None and result["detect_s"] <= DETECT_WITHIN
-    if name in KNOWN and not detected:
-        assert counts["intended"] + counts["alternate"] + counts["business_line"] == result["offered"]
-        pytest.xfail(KNOWN[name])
     assert detected, (result["detect_s"], result["updates"][:5])
     assert result["reroute_s"] is not None and result["reroute_s"] <= REROUTE_WITHIN, result["reroute_raw_s"]
     assert result["notify_s"] is not None and result["notify_s"] <= NOTIFY_WITHIN
