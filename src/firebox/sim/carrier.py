@@ -100,6 +100,8 @@ class CallResult:
     #: the PSAP it meant to reach) or why not.
     contact: str | None = None
     reason: str | None = None
+    #: When the 2xx arrived (epoch seconds), for answered calls.
+    answered_at: float | None = None
     #: The SIP Call-ID (the ESRP's ``records`` key) and the ingress route that carried it.
     call_id: str | None = None
     route: str | None = None
@@ -309,6 +311,7 @@ class Carrier:
             self.server.send(build_ack(invite, final), ingress)
             return CallResult(Outcome.FAILED, final.status, reason=final.reason)
         setup_ms = (time.perf_counter() - t0) * 1000
+        answered_at = time.time()
         dialog = self._dialog(invite, final, tag)
         uac.dialog = dialog
         dialog.local_seq = 0  # the ACK of a 2xx carries the INVITE's CSeq number (13.2.2.4)
@@ -324,9 +327,9 @@ class Carrier:
                 w.cancel()
         contact = final.headers.get("Contact")
         if uac.remote_bye.is_set():
-            return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap", contact, final.reason)
+            return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap", contact, final.reason, answered_at)
         await self._bye(dialog, uac)
-        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier", contact, final.reason)
+        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier", contact, final.reason, answered_at)
 
     def _dialog(self, invite: Request, ok: Response, tag: str) -> Dialog:
         """The UAC's dialog of a 2xx (RFC 3261 12.1.2): route set the 2xx's Record-Route in

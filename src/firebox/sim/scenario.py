@@ -98,6 +98,9 @@ class CallRow:
     lon: float
     lat: float
     ended: float | None = None
+    #: When its 2xx arrived: the reroute time is read from it (its end would add the
+    #: conversation).
+    answered_at: float | None = None
     category: str = "lost"
     answered_by: str | None = None  # PSAP id, or the business line's URI
     route: str | None = None
@@ -338,6 +341,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
             return
         row.ended = time.time()
         _classify(row, results, node, uri_to_psap)
+        if row.answered:
+            row.answered_at = next((r.answered_at for r in reversed(results) if getattr(r, "answered_at", None)), None)
 
     try:
         await until(lambda: sum(n for (_i, _p, o), n in monitor.probe_counts.items() if o == "answered")
@@ -415,7 +420,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     reroute_raw = notify_raw = None
     if detected_at is not None and the_fault is not None and fault_at is not None:
         marks = [at for oid, _what, at in routing.actions if oid == detected["id"]] if detected else []
-        carried = [r.ended for r in affected if r.ended is not None and the_fault.rerouted(r)
+        carried = [r.answered_at for r in affected if r.answered_at is not None and the_fault.rerouted(r)
                    and (the_fault.name != "config-push-2020" or (healed_at is not None and r.started >= healed_at))]  # fmt: skip
         candidates = [t for t in (*marks, *carried, the_fault.rerouted_at) if t is not None and t >= fault_at]
         if candidates:
