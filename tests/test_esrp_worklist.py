@@ -19,7 +19,7 @@ from firebox.esrp.worklist import Worklist, WorklistReason, WorklistState, deliv
 from firebox.node import build_node, start_sip, stop_sip, write_demo
 from firebox.psap.api import LocationView
 from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
-from tests.test_psap_callhandling import core as ch_core
+from test_psap_callhandling import core as ch_core
 
 T0 = 1_781_800_000.0
 
