@@ -31,7 +31,6 @@ from firebox.cap.message import MsgType, parse_cap
 from firebox.demo.state import generate_state
 from test_cap_message import self_signed
 
-MA_TOWNS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ma" / "towns.geojson"
 T0 = 1_750_000_000.0
 SENDER = "alerts@demo.firebox.test"
 
@@ -58,10 +57,9 @@ def polygons_of(xml: bytes) -> list[Polygon]:
 
 
 @pytest.fixture(scope="module")
-def ma_towns() -> dict[str, tuple[dict, shapely.Geometry]]:
-    if not MA_TOWNS.exists():
-        pytest.skip(f"{MA_TOWNS} not present")
-    features = json.loads(MA_TOWNS.read_text())["features"]
+def ma_towns(shared_data: Path) -> dict[str, tuple[dict, shapely.Geometry]]:
+    # The shared_data fixture fails (not skips) when the real data is missing.
+    features = json.loads((shared_data / "ma" / "towns.geojson").read_text())["features"]
     # WAYLAND's ring self-intersects (see the data's README): repaired here.
     return {f["properties"]["TOWN"]: (f["properties"], shapely.make_valid(shape(f["geometry"]))) for f in features}
 

@@ -40,8 +40,7 @@ from firebox.monitor.watch import Scope
 from firebox.node import build_node, start_sip, stop_sip, write_demo
 from firebox.psap.ua import AgentMode
 from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
-from firebox.sip.message import Request as SipRequest
-from firebox.sip.message import make_response, parse_message, serialize
+from firebox.sim.faults import FirewallRelay
 
 
 def free_port() -> int:
@@ -224,57 +223,10 @@ async def test_a_silent_psap_is_declared_notified_and_cleared(node, receivers):
     assert all(d.ok for d in monitor.notifier.deliveries)
 
 
-class Firewall(asyncio.DatagramProtocol):
-    """A UDP relay in front of the BCF: passes SIP both ways (by Call-ID) or, when
-    ``blocking``, answers every new INVITE 403 itself, as a firewall rule would."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.blocking = False
-        self.clients: dict[str, tuple[str, int]] = {}
-        self.front: asyncio.DatagramTransport | None = None
-        self.back: asyncio.DatagramTransport | None = None
-
-    async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.front, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
-        firewall = self
-
-        class Back(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr) -> None:
-                try:
-                    call_id = parse_message(data).call_id
-                except Exception:  # noqa: BLE001 -- not SIP: dropped, as a firewall would
-                    return
-                client = firewall.clients.get(call_id)
-                if client is not None and firewall.front is not None:
-                    firewall.front.sendto(data, client)
-
-        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
-        return self.front.get_extra_info("sockname")[1]
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        try:
-            message = parse_message(data)
-        except Exception:  # noqa: BLE001
-            return
-        if self.blocking and isinstance(message, SipRequest):
-            if message.method == "INVITE":
-                self.front.sendto(serialize(make_response(message, 403, to_tag="fw1")), addr)
-            return  # ACKs of our 403 (and anything else) stop here
-        self.clients[message.call_id] = addr
-        self.back.sendto(data, self.upstream)
-
-    def close(self) -> None:
-        for t in (self.front, self.back):
-            if t is not None:
-                t.close()
-
-
 async def test_a_firewall_rejecting_every_invite_is_a_statewide_outage_found_by_the_probes(node, receivers):
     node, _state = node
     hook_url, hooks, smtp, _mailbox = receivers
-    firewall = Firewall(("127.0.0.1", node.core.port))
+    firewall = FirewallRelay(("127.0.0.1", node.core.port))
     port = await firewall.start()
     config = config_from_node(node, regions=regions_of(node), probe_period=1.0, probe_answer_timeout=3.0, tick=0.25,
                               notify=notify(hook_url, smtp))  # fmt: skip

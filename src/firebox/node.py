@@ -704,7 +704,7 @@ def _start_changes(node: Node, console: Console | None) -> None:
     )  # fmt: skip
     node.changes.start(interval=cfg.guard_period_seconds)
     if console is not None:
-        console.print(f"[green]rule changes[/green]: /changes (firebox change ...); every change checked against the 911 invariant")
+        console.print("[green]rule changes[/green]: /changes (firebox change ...); every change checked against the 911 invariant")
 
 
 async def _start_status_page(node: Node, console: Console | None) -> None:

@@ -23,6 +23,7 @@ of the running node where it can, as the real cause did:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -108,7 +109,7 @@ class FirewallRelay(asyncio.DatagramProtocol):
 
 
 @dataclass
-class Fault:
+class Fault(abc.ABC):
     """One fault: ``inject`` and ``heal`` act on the running node through the harness.
     ``affected(call)`` says whether a call's route goes through what failed;
     ``rerouted(call)`` whether an affected call was carried around it."""
@@ -121,11 +122,11 @@ class Fault:
     #: When the fault's own routing change took effect (e.g. a rolled-back policy installed).
     rerouted_at: float | None = None
 
-    async def inject(self, node: Any, harness: Harness) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def inject(self, node: Any, harness: Harness) -> None: ...
 
-    async def heal(self, node: Any, harness: Harness) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def heal(self, node: Any, harness: Harness) -> None: ...
 
     def affected(self, call: CallRow) -> bool:
         return True
