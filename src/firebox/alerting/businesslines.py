@@ -11,7 +11,10 @@ answered *now* and which gateway route works, hence:
 * ``BusinessLine`` entries and ``BusinessLineRegistry``: built from the deployment's PSAP
   ``business_line`` values (a PSAP's line is staffed around the clock) plus an optional YAML
   file of agency lines (a police desk, a fire station), whose entries replace a PSAP entry of
-  the same number. ``answering_at(now)``, ``last_resort(psap_id, now, health)``.
+  the same number. ``answering_at(now)``, ``last_resort(psap_id, now, health)``,
+  ``ranked(psap_id, now, health)`` (every line, usable ones first).
+* ``RegistryLastResort``: the ESRP's route of last resort (``esrp.policy.LastResortLines``)
+  from the registry and the gateway check's health.
 * ``GatewayCheck``: sans-I/O, per line an RFC 3261 OPTIONS (section 11) to its PSTN gateway
   route every ``period`` seconds, ``UP``/``DOWN`` with hysteresis (``TRANSITIONS``).
 * ``GatewayChecker``: the asyncio adapter sending real OPTIONS over UDP through
@@ -49,7 +52,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from firebox.deployment import Deployment, _format_loc, _line_for, _line_map, _ten_digit
-from firebox.esrp.policy import business_line_uri
+from firebox.esrp.policy import LastResortLine, business_line_uri
 
 __all__ = [
     "TRANSITIONS",
@@ -62,6 +65,8 @@ __all__ = [
     "Hours",
     "LineChange",
     "LineHealth",
+    "RankedLine",
+    "RegistryLastResort",
     "load_lines_yaml",
     "parse_hours",
     "ten_digit",
@@ -210,6 +215,17 @@ class LineHealth(StrEnum):
     DOWN = "down"
 
 
+@dataclass(frozen=True, slots=True)
+class RankedLine:
+    """A line as the last-resort route sees it at one time: usable (answered now, route
+    not known to be down) or not, and why."""
+
+    line: BusinessLine
+    usable: bool
+    note: str
+    health: LineHealth = LineHealth.UNKNOWN
+
+
 class BusinessLineRegistry:
     """The lines, by number; read-only once built."""
 
@@ -259,6 +275,34 @@ class BusinessLineRegistry:
         ]  # fmt: skip
         return sorted(lines, key=lambda line: line.kind is not OwnerKind.PSAP)
 
+    def ranked(
+        self, psap_id: str, now: float, health: Mapping[str, LineHealth] | None = None, *, town_lines: bool = True
+    ) -> list[RankedLine]:
+        """Every line a call for ``psap_id`` may end on, in the order to try them: answered
+        at ``now`` over a route not known to be down first, the others after (never left
+        out: a line nobody is known to answer beats no destination). Within each, the PSAP's
+        own lines, then its agency lines, then (``town_lines``) the agency lines of the towns
+        its own lines serve (a town's police desk during a 911 outage). Sans-I/O: ``health``
+        is what the gateway check last said, by number."""
+        health = health or {}
+        own = self.for_owner(psap_id)
+        towns = {t for line in own for t in line.towns}
+        picked = sorted(own, key=lambda line: line.kind is not OwnerKind.PSAP)
+        if town_lines and towns:
+            seen = {line.number for line in picked}
+            picked += [line for line in self._by_number.values()
+                       if line.number not in seen and line.kind is OwnerKind.AGENCY and towns.intersection(line.towns)]  # fmt: skip
+        out: list[RankedLine] = []
+        for line in picked:
+            h = health.get(line.number, LineHealth.UNKNOWN)
+            if not line.hours.is_open(now):
+                out.append(RankedLine(line, False, f"nobody answers now (hours {line.hours.text})", h))
+            elif h is LineHealth.DOWN:
+                out.append(RankedLine(line, False, "its PSTN gateway route is down", h))
+            else:
+                out.append(RankedLine(line, True, f"answered {line.hours.text}, route {h.value}", h))
+        return sorted(out, key=lambda r: not r.usable)  # stable: the order above holds within each
+
     def uris(self, default_gateway: str) -> dict[str, str]:
         """Number -> SIP URI through its gateway, for the ``GatewayCheck``."""
         return {n: line.uri(default_gateway) for n, line in self._by_number.items()}
@@ -278,6 +322,43 @@ class BusinessLineRegistry:
             psap_ids = {p.id for p in dep.psaps}
             lines += load_lines_yaml(dep.resolve(Path(extra)), psap_ids=psap_ids)
         return cls(lines)
+
+
+class RegistryLastResort:
+    """The ESRP's route of last resort from the registry (``firebox.esrp.policy.LastResortLines``):
+    for a PSAP at a time, up to ``max_lines`` of ``BusinessLineRegistry.ranked`` as SIP URIs
+    through their gateways (``default_gateway`` unless the line names its own).
+
+    ``health`` gives the gateway check's latest verdicts (``GatewayCheck.healths``); without
+    it every route counts as not checked. Each line past the first costs a caller the
+    no-answer timeout, hence ``max_lines``; the usable ones come first, so the limit drops
+    the least promising."""
+
+    def __init__(
+        self, registry: BusinessLineRegistry, default_gateway: str,
+        health: Callable[[], Mapping[str, LineHealth]] | None = None, *, max_lines: int = 3, town_lines: bool = True,
+    ) -> None:  # fmt: skip
+        if max_lines < 1:
+            raise ValueError("max_lines must be at least 1 (a last resort is never empty)")
+        self.registry = registry
+        self.default_gateway = default_gateway
+        self.health = health
+        self.max_lines = max_lines
+        self.town_lines = town_lines
+
+    def __call__(self, psap: Any, now: datetime) -> list[LastResortLine]:
+        health = self.health() if self.health is not None else None
+        ranked = self.registry.ranked(psap.psap_id, now.timestamp(), health, town_lines=self.town_lines)
+        out = []
+        for r in ranked[: self.max_lines]:
+            try:
+                uri = r.line.uri(self.default_gateway)
+            except ValueError:
+                log.warning("business line %s: no SIP URI through %s", r.line.number, r.line.gateway or self.default_gateway)
+                continue
+            note = f"{r.line.display}, {r.line.answered_by}: {r.note}"
+            out.append(LastResortLine(uri, r.usable, note, checked=r.health is LineHealth.UP))
+        return out
 
 
 class _LineModel(BaseModel):

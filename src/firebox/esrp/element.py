@@ -895,7 +895,8 @@ class EmergencyCore:
             callback=caller_uri(request),
         )
         return decide(
-            ctx, None, self.router.states, [], self.router.chains, datetime.now(UTC)
+            ctx, None, self.router.states, [], self.router.chains, datetime.now(UTC),
+            self.router.last_resort,
         )
 
     def _target(self, uri: str, kind: DestinationKind) -> Target:

@@ -24,6 +24,11 @@ list the ESRP's SIP proxy tries one after the other. The first rule of firebox s
   which must keep reaching the PSAP they measure.
 * A PSAP's chain is the PSAP then its own alternates (not theirs: each hop can cost the
   caller the no-answer timeout), then the business lines; no URI appears twice.
+* The business lines come from a :data:`LastResortLines` callable when one is given (the
+  business-line registry: who answers now, whose gateway route is up), else each PSAP's
+  static line. Lines answered now over a route not known to be down come first, for every
+  PSAP visited; the others follow (a person may still pick up) and a log line says why;
+  a PSAP the callable has no line for keeps its static line, so the tail is never empty.
 * *busy* answers the caller busy only when there is a callback number to put in a callback
   record; without one it is logged and the call is routed (a busy signal to a caller nobody
   can call back would be a silent drop).
@@ -191,6 +196,19 @@ class RouteDecision:
     callback: CallbackRecord | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LastResortLine:
+    """One business line a last-resort route may end on, as the business-line registry
+    sees it at the time of the call: ``usable`` is false when nobody answers it now (outside
+    its hours) or its PSTN gateway route is known to be down; ``note`` says which."""
+
+    uri: str
+    usable: bool
+    note: str = ""
+    #: Its gateway check said the route is up (rather than not checked yet).
+    checked: bool = False
+
+
 # --- chains ---------------------------------------------------------------------------------
 
 _GATEWAY = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
@@ -222,6 +240,12 @@ class PsapChain:
     alternates: tuple[str, ...] = ()
     element_id: str | None = None
     service_domain: str | None = None
+
+
+#: The narrow interface between routing and the business-line registry: for a PSAP, at a
+#: time, its lines in the order to try them (NENA-STA-010.3 section 4.2, the ESRP's route of
+#: last resort). Sans-I/O: the time is an argument, the health is what the registry was told.
+LastResortLines = Callable[[PsapChain, datetime], Sequence[LastResortLine]]
 
 
 class Chains(Mapping[str, PsapChain]):
@@ -918,8 +942,12 @@ class _Builder:
     each segment ordered by availability), then the business lines of every PSAP the walk
     visited, then the catch-all."""
 
-    def __init__(self, chains: Chains, states: StateTable, now: datetime, log: list[str], *, outages: bool = True):
+    def __init__(
+        self, chains: Chains, states: StateTable, now: datetime, log: list[str], *, outages: bool = True,
+        last_resort: LastResortLines | None = None,
+    ):  # fmt: skip
         self.chains = chains
+        self.last_resort = last_resort
         self.states = states
         self.now = now
         self.log = log
@@ -971,16 +999,46 @@ class _Builder:
                 entries.append((alt.uri, DestinationKind.ALTERNATE, alt, f"alternate of {start.psap_id}", cause))
         self.segment(entries)
 
+    def lines_of(self, psap: PsapChain) -> list[LastResortLine]:
+        """``psap``'s business lines from the registry, or its static line when there is
+        no registry, it fails, or it names none (a last resort is never empty)."""
+        static = [LastResortLine(psap.business_line, True, "static line")]
+        if self.last_resort is None:
+            return static
+        try:
+            lines = [line for line in self.last_resort(psap, self.now) if SIP_URI.match(line.uri)]
+        except Exception as exc:  # noqa: BLE001 -- a registry bug must not cost the call its last resort
+            self.log.append(f"business lines of {psap.psap_id}: registry failed ({exc!r}); static line used")
+            return static
+        if not lines:
+            self.log.append(f"business lines of {psap.psap_id}: the registry has none; static line used")
+            return static
+        return lines
+
     def finish(self) -> list[Destination]:
-        tail: list[Destination] = []
+        usable: list[Destination] = []
+        unusable: list[Destination] = []
         tail_seen: set[str] = set()
         for psap in self.visited:
-            key = uri_key(psap.business_line)
-            if key not in tail_seen:
+            for line in self.lines_of(psap):
+                key = uri_key(line.uri)
+                if key in tail_seen:
+                    continue
                 tail_seen.add(key)
-                tail.append(
-                    Destination(psap.business_line, DestinationKind.BUSINESS_LINE, psap.psap_id, f"business line of {psap.psap_id}")
-                )
+                reason = f"business line of {psap.psap_id}" + (f" ({line.note})" if line.note else "")
+                if line.usable:
+                    availability = Availability.USABLE if line.checked else Availability.UNKNOWN
+                    usable.append(Destination(line.uri, DestinationKind.BUSINESS_LINE, psap.psap_id, reason,
+                                              availability=availability))  # fmt: skip
+                else:
+                    self.log.append(f"business line {line.uri} of {psap.psap_id}: {line.note or 'not usable now'}; tried last")
+                    unusable.append(Destination(line.uri, DestinationKind.BUSINESS_LINE, psap.psap_id, reason,
+                                                availability=Availability.SUSPECT))  # fmt: skip
+        if unusable and not usable and not self.chains.catch_all:
+            self.log.append("no business line is answered now over a working route: trying them anyway (never no destination)")
+        # Answered lines over working routes first, for every PSAP visited: a closed desk or
+        # a dead gateway route costs the caller a timeout each.
+        tail = usable + unusable
         if self.chains.catch_all:
             catch_all = self.chains.catch_all
             tail = [d for d in tail if uri_key(d.uri) != uri_key(catch_all)]
@@ -1005,6 +1063,7 @@ def decide(
     rules: RuleSet,
     chains: Chains | Mapping[str, PsapChain],
     now: datetime,
+    last_resort: LastResortLines | None = None,
 ) -> RouteDecision:
     """Run the Policy Routing Function for one call at time ``now``.
 
@@ -1012,8 +1071,8 @@ def decide(
     default route; (2) rules are evaluated in order, collecting notify actions, until one
     with a route or busy action matches; (3) the failover list is built: the rule's route
     target and its alternates, the candidate and its alternates, the regional backup, then
-    the business lines of every PSAP visited and the catch-all. See the module docstring for
-    the guarantees.
+    the business lines of every PSAP visited (from ``last_resort`` when given, usable ones
+    first) and the catch-all. See the module docstring for the guarantees.
     """
     now = aware(now)
     chains = _as_chains(chains)
@@ -1057,7 +1116,7 @@ def decide(
     # The monitor's test calls measure the PSAP the ECRF names even while the monitor has it
     # marked down: routing them around it would hide its recovery.
     probe = service_matches(TEST_SERVICE_URN, call.service_urn)
-    builder = _Builder(chains, states, now, log, outages=not probe)
+    builder = _Builder(chains, states, now, log, outages=not probe, last_resort=last_resort)
     busy_action: BusyAction | None = None
     if isinstance(terminal, RouteAction):
         cause = terminal.cause

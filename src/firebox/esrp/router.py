@@ -9,7 +9,8 @@ destinations in order.
 2. LoST ``findService`` for the call's service URN (the ESRP's LoST client: remote over HTTP
    with its cache, or the ECRF in-process). An error, a timeout or an exception is logged and
    the policy routing function falls back to its default route.
-3. ``decide``: the ordered failover list, never empty, ending in a business line.
+3. ``decide``: the ordered failover list, never empty, ending in a business line (from
+   ``last_resort`` when set: answered lines over working gateway routes first).
 
 Nothing here raises for a bad call: each problem is a line in ``RouteResult.log``.
 """
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 
 from firebox.esrp.location import Located, NeedDereference, add_default, find_location, resolve_reference
-from firebox.esrp.policy import CallContext, CallMedium, Chains, PsapChain, RouteDecision, RuleSet, decide
+from firebox.esrp.policy import CallContext, CallMedium, Chains, LastResortLines, PsapChain, RouteDecision, RuleSet, decide
 from firebox.esrp.states import StateTable, uri_key
 from firebox.held.client import dereference as held_dereference
 from firebox.location.pidf import PidfLocation, Presence
@@ -80,6 +81,9 @@ class Router:
     http: httpx.AsyncClient | None = None
     held_timeout: float = 0.5
     lost_timeout: float = 0.5
+    #: The business lines of last resort, by PSAP and time (the business-line registry's
+    #: ``RegistryLastResort``); ``None``: each PSAP's static line from the deployment.
+    last_resort: LastResortLines | None = None
     _queues: dict[str, PsapChain] = field(default_factory=dict, init=False, repr=False)
     _queues_of: Chains | None = field(default=None, init=False, repr=False)
 
@@ -145,7 +149,7 @@ class Router:
         # picks one per call; a plain RuleSet has no ``for_call`` and is used as it is.
         pick = getattr(self.rules, "for_call", None)
         rules = pick(call, ecrf_uri, self.chains) if pick is not None else self.rules
-        decision = decide(call, ecrf_uri, self.states, rules, self.chains, now)
+        decision = decide(call, ecrf_uri, self.states, rules, self.chains, now, self.last_resort)
         log += decision.log
         return RouteResult(request, location, how, ecrf_uri, decision, log)
 
