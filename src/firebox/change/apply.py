@@ -11,6 +11,15 @@
   choice, each wrapper behaves as the *old* rules: a canary never reaches every call by
   accident. A BCF cannot know a call's PSAP, so a BCF canary needs sources.
 * full: the new rules installed as a whole. rollback: the rules before the change again.
+* adopted (``adopt``, through ``gate(kind)`` for a ``firebox.policy.watch.PolicyWatch``): a
+  version published in the Policy Store becomes a change too, so rule changes have one path.
+  Its owner published it (NENA-STA-010.3 section 4.9), so it is not held for a person to
+  stage: it is assessed like any submission (refused when it breaks the 911 invariant,
+  which is how a Massachusetts-like rule arriving through the Policy Store is stopped),
+  then installed in full under a guard (automatic rollback). While another change of the
+  same policy is in canary it is deferred, not installed over it; an earlier full change
+  still under its guard is superseded (its guard stops: its rollback would undo the new
+  version).
 
 Each stage tells the monitor (``config_change``: an outage right after names the change) and
 is logged as an i3 ``PolicyChangeLogEvent`` (NENA-STA-010.3 section 4.12.3) through a
@@ -54,6 +63,7 @@ from firebox.change.guard import Guard, GuardConfig, GuardState, input_from_moni
 from firebox.change.store import ChangeStore
 from firebox.esrp.policy import CallContext, Chains, RuleSet
 from firebox.logging.events import LogEvent
+from firebox.policy.watch import Adoption, AdoptOutcome
 
 __all__ = ["CanaryBcfRules", "CanaryRouting", "ChangeManager", "events_from_log_store", "policy_change_event"]
 
@@ -228,6 +238,65 @@ class ChangeManager:
             await self._log_event(change, "submitted" if change.stage is Stage.SHADOW else "refused")
             return change
 
+    async def adopt(self, kind: ChangeKind, rules: BcfRules | RuleSet, *, target: str | None = None,
+                    origin: str) -> Adoption:  # fmt: skip
+        """A Policy Store version (already verified and loaded by the watch) as a change:
+        deferred while another change of ``target`` is in canary,
+        refused when it breaks the 911 invariant, else installed in full under a guard
+        (the monitor told, the i3 PolicyChangeLogEvent sent). ``origin`` is the author."""
+        async with self._lock:
+            target = target or self.targets[kind]
+            busy = self._busy(kind, target)
+            if busy is not None:
+                return Adoption(AdoptOutcome.DEFERRED, busy)
+            chains = self._chains(kind)
+            current = self.running(kind)
+            version = self.store.next_version(kind, target)
+            candidate: BcfRules | RuleSet = BcfRules(rules.rules, version) if isinstance(rules, BcfRules) else rules
+            now = self.clock()
+            assessment = await asyncio.to_thread(assess, kind, current, candidate, sources=self.sources,
+                                                 recent=self.recent_calls(), chains=chains)  # fmt: skip
+            change = Change(f"chg-{uuid.uuid4().hex[:12]}", version, kind, target, origin, current.to_dicts(),
+                            candidate.to_dicts(), now)  # fmt: skip
+            sign_change(change, self.key, kid=self.kid)
+            change = with_assessment(change, assessment, now)
+            refused = change.stage is Stage.REFUSED
+            self.store.save(change, "refused" if refused else "submitted",
+                            {"reason": change.reason, "hits": len(change.hits), "shadow": len(change.shadow),
+                             "origin": origin,
+                             "diff": diff(change.before, change.after, ordered=kind is ChangeKind.BCF).lines()})  # fmt: skip
+            if refused:
+                await self._log_event(change, "refused")
+                log.warning("change %s (%s): refused: %s", change.id, origin, change.reason)
+                return Adoption(AdoptOutcome.REFUSED, change.reason, change.id)
+            await self._log_event(change, "submitted")
+            self._supersede(kind, target, change)
+            self._install(kind, candidate)
+            await self._entered(change, Stage.FULL, f"full: {origin}, installed as published")
+            return Adoption(AdoptOutcome.INSTALLED, change.reason, change.id)
+
+    def _busy(self, kind: ChangeKind, target: str) -> str | None:
+        """Why nothing may be installed over ``target`` now (None: it may)."""
+        rules = self.element(kind).rules
+        if isinstance(rules, CanaryBcfRules | CanaryRouting):
+            active = self.store.active(kind, target)
+            return f"change {active.id if active else '?'} is in canary on {target}: promote or roll it back first"
+        return None
+
+    def _supersede(self, kind: ChangeKind, target: str, by: Change) -> None:
+        """Stop the guards of earlier full changes of ``target``: their automatic rollback
+        would reinstall the rules before them and silently undo ``by``, which replaced
+        them as a whole and has its own guard."""
+        for change_id in list(self.guards):
+            earlier = self.store.get(change_id)
+            if earlier is not None and earlier.kind is kind and earlier.target == target and earlier.id != by.id:
+                self.guards.pop(change_id, None)
+                self.store.save(earlier, "superseded", {"reason": f"replaced as a whole by change {by.id}"})
+
+    def gate(self, kind: ChangeKind) -> _Gate:
+        """This manager as a ``firebox.policy.watch.PolicyGate`` for one kind of rules."""
+        return _Gate(self, kind)
+
     def get(self, change_id: str) -> Change:
         change = self.store.get(change_id)
         if change is None:
@@ -384,6 +453,17 @@ class ChangeManager:
             await self.log_sender.send(policy_change_event(change, what, self.element_id, self.agency_id))
         except Exception:  # noqa: BLE001 -- logging never blocks a rollback
             log.exception("change %s: the PolicyChangeLogEvent could not be logged", change.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """``ChangeManager.adopt`` for one kind of rules: a ``PolicyGate``."""
+
+    manager: ChangeManager
+    kind: ChangeKind
+
+    async def adopt(self, rules: Any, *, target: str, origin: str) -> Adoption:
+        return await self.manager.adopt(self.kind, rules, target=target, origin=origin)
 
 
 def policy_change_event(change: Change, what: str, element_id: str, agency_id: str) -> LogEvent:

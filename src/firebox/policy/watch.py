@@ -24,6 +24,19 @@ only then installed, as a whole, by one assignment (``router.rules = ruleset``,
   alternates, so calls keep being routed), logs it at WARNING and announces it
   (``on_change``, ``changes``). A later version of the policy is installed as usual.
 
+Every install (a version, or the element's own rules back) is reported to ``on_install``
+with an id (the change id when a gate gave one, else ``"<policyId> v<N>"``), so that the
+monitor can name it as the cause of an outage that follows (``Monitor.config_change``).
+
+One path for rule changes (issue 6): given a ``gate`` (``ChangeManager.gate(kind)``), the
+watch does not install a version itself but hands it to the change system, which
+installs it as a change (checked against the 911 invariant, signed, logged, reported to the
+monitor, watched by a guard that rolls it back when probes fail), refuses it (the watch then
+keeps the last good rules, as for any version that does not pass), or defers it while
+another change on the same policy is in canary (installing over a canary would end it
+unseen, and staging would then refuse). A deferred version is ``pending`` and offered again
+at every poll; a newer one replaces it.
+
 ``watch_esrp`` / ``watch_bcf`` build one for an ESRP ``Router`` / a ``Bcf``.
 """
 
@@ -35,7 +48,8 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -54,7 +68,7 @@ from firebox.policy.document import (
     parse_policy,
 )
 
-__all__ = ["Change", "Installed", "PolicyWatch", "watch_bcf", "watch_esrp"]
+__all__ = ["Adoption", "AdoptOutcome", "Change", "Installed", "Pending", "PolicyGate", "PolicyWatch", "watch_bcf", "watch_esrp"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +94,44 @@ class Change:
     version: int | None
     reason: str
     at: datetime
+
+
+class AdoptOutcome(StrEnum):
+    INSTALLED = "installed"
+    #: Another change is in canary or under its guard: offered again at the next poll.
+    DEFERRED = "deferred"
+    #: The change system will not install it (the 911 invariant): the last good rules stay.
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """A gate's answer to a version; ``change_id`` names the change that installed or
+    refused it."""
+
+    outcome: AdoptOutcome
+    reason: str = ""
+    change_id: str | None = None
+
+
+class PolicyGate(Protocol):
+    """The change system as a watch sees it (``ChangeManager.gate(kind)``): install ``rules``
+    for policy ``target`` as a change, or say why not now or not at all."""
+
+    async def adopt(self, rules: Any, *, target: str, origin: str) -> Adoption: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A version (or a revert to the element's own rules) waiting for the gate."""
+
+    kind: str  # "installed" or "reverted"
+    rules: Any
+    version: int | None
+    etag: str
+    expires: datetime | None
+    reason: str
+    since: datetime
 
 
 class PolicyWatch:
@@ -109,6 +161,8 @@ class PolicyWatch:
         baseline: Any = None,
         on_change: Callable[[Change], object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_install: Callable[[str], object] | None = None,
+        gate: PolicyGate | None = None,
     ):
         self.url = f"{url.rstrip('/')}/Policies/{quote(policy_id, safe='')}"
         self.policy_id = policy_id
@@ -126,6 +180,12 @@ class PolicyWatch:
         self.baseline = baseline
         self.on_change = on_change
         self.clock = clock
+        #: told the id of every install (``Monitor.config_change``)
+        self.on_install = on_install
+        #: the change system every install goes through (None: installed directly)
+        self.gate = gate
+        #: a version (or revert) the gate deferred, offered again at every poll
+        self.pending: Pending | None = None
         #: every change of the rules, in order (installed, reverted)
         self.changes: list[Change] = []
         self.installed: Installed | None = None
@@ -141,12 +201,12 @@ class PolicyWatch:
     async def poll_once(self) -> bool:
         """One look at the store; True if the rules changed (a new version installed, or the
         element's own rules back because the policy was deleted or expired)."""
+        changed = False
+        if self.pending is not None:
+            changed = await self._land(self.pending)
         expired = self._expired()
         if expired is not None:
-            self._revert(expired)
-            changed = True
-        else:
-            changed = False
+            changed = await self._revert(expired) or changed
         return await self._poll() or changed
 
     def _expired(self) -> str | None:
@@ -170,7 +230,7 @@ class PolicyWatch:
         if reply.status_code == 304:
             return False
         if reply.status_code == 404 and self.installed is not None:
-            return self._revert(f"the store no longer serves it (deleted or expired): {_detail(reply)}")
+            return await self._revert(f"the store no longer serves it (deleted or expired): {_detail(reply)}")
         if reply.status_code != 200:
             return self._keep(f"store answered {reply.status_code}: {_detail(reply)}")
         etag = reply.headers.get("etag", "")
@@ -179,28 +239,67 @@ class PolicyWatch:
             version, rules, expires = self._check(reply.content, etag)
         except ValueError as exc:
             return self._keep(f"version {etag or '?'} refused: {exc}")
-        self.install(rules)
-        self.installed = Installed(version, etag, rules, self.clock(), expires)
-        self.last_error = None
-        log.info("%s %s: version %d installed", self.name, self.policy_id, version)
-        self._announce(Change("installed", self.policy_id, version, "a new version", self.clock()))
-        return True
+        return await self._land(Pending("installed", rules, version, etag, expires, "a new version", self.clock()))
 
-    def _revert(self, why: str) -> bool:
+    async def _revert(self, why: str) -> bool:
         """The policy is withdrawn: the element's own rules again, logged and announced."""
         old = self.installed
         if old is None:
             return False
         if self.baseline is None:  # a watch given no own rules: the last good ones stay
             return self._keep(f"{why}; no own rules to revert to")
-        self.install(self.baseline)
-        self.installed = None
-        self._seen = None
-        self.last_error = why
-        log.warning("%s %s: %s; reverted from version %d to the element's own rules",
-                    self.name, self.policy_id, why, old.version)  # fmt: skip
-        self._announce(Change("reverted", self.policy_id, old.version, why, self.clock()))
+        return await self._land(Pending("reverted", self.baseline, old.version, "", None, why, self.clock()))
+
+    async def _adopt(self, p: Pending) -> Adoption:
+        """Install ``p`` directly, or through the gate (a gate that fails defers: the
+        version is offered again at the next poll, the last good rules stay meanwhile)."""
+        if self.gate is None:
+            self.install(p.rules)
+            return Adoption(AdoptOutcome.INSTALLED)
+        origin = (f"Policy Store {self.policy_id} version {p.version}" if p.kind == "installed"
+                  else f"Policy Store {self.policy_id} withdrawn ({p.reason}): the element's own rules")  # fmt: skip
+        try:
+            return await self.gate.adopt(p.rules, target=self.policy_id, origin=origin)
+        except Exception as exc:  # noqa: BLE001 -- a gate failure must not lose the version
+            log.exception("%s %s: the change system failed on version %s", self.name, self.policy_id, p.version)
+            return Adoption(AdoptOutcome.DEFERRED, f"the change system failed ({type(exc).__name__}: {exc})")
+
+    async def _land(self, p: Pending) -> bool:
+        """Install a checked version (or the revert) and report it, unless the gate defers
+        or refuses it."""
+        adoption = await self._adopt(p)
+        what = f"version {p.version}" if p.kind == "installed" else f"the revert from version {p.version}"
+        if adoption.outcome is AdoptOutcome.DEFERRED:
+            self.pending = p
+            return self._keep(f"{what} waits: {adoption.reason}")
+        self.pending = None
+        if adoption.outcome is AdoptOutcome.REFUSED:
+            ref = f" (change {adoption.change_id})" if adoption.change_id else ""
+            return self._keep(f"{what} refused by the change system{ref}: {adoption.reason}")
+        now = self.clock()
+        if p.kind == "installed":
+            assert p.version is not None
+            self.installed = Installed(p.version, p.etag, p.rules, now, p.expires)
+            self.last_error = None
+            log.info("%s %s: version %d installed", self.name, self.policy_id, p.version)
+            self._announce(Change("installed", self.policy_id, p.version, p.reason, now))
+            self._report(adoption.change_id or f"{self.policy_id} v{p.version}")
+        else:
+            self.installed = None
+            self._seen = None
+            self.last_error = p.reason
+            log.warning("%s %s: %s; reverted from version %s to the element's own rules",
+                        self.name, self.policy_id, p.reason, p.version)  # fmt: skip
+            self._announce(Change("reverted", self.policy_id, p.version, p.reason, now))
+            self._report(adoption.change_id or f"{self.policy_id} v{p.version} withdrawn")
         return True
+
+    def _report(self, install_id: str) -> None:
+        if self.on_install is not None:
+            try:
+                self.on_install(install_id)
+            except Exception:  # noqa: BLE001 -- a report never stops the watch
+                log.exception("%s %s: reporting install %s failed", self.name, self.policy_id, install_id)
 
     def _announce(self, change: Change) -> None:
         self.changes.append(change)
