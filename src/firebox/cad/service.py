@@ -10,6 +10,7 @@ writes the incident, the units and one audit record in one repository transactio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 from firebox.cad.data import AlarmBox
 from firebox.cad.eido import export_incident
+from firebox.cad.locate import LocationCheck, LocationSearch, Serving
+from firebox.cad.logevents import CadLogger
 from firebox.cad.model import (
     COMMITTED,
     Action,
@@ -42,7 +45,9 @@ from firebox.cad.store import AuditRecord, CadRepository
 from firebox.location.civic import CivicAddress
 from firebox.location.pidf import PidfError, Presence, best_location, parse_pidf
 from firebox.location.shapes import Point, centroid
-from firebox.logging.events import check_uid, new_incident_id
+from firebox.logging.events import check_uid, new_call_id, new_incident_id
+
+log = logging.getLogger(__name__)
 
 # --- geocoding -------------------------------------------------------------------------------
 
@@ -89,6 +94,8 @@ class Cad:
         boxes: Mapping[str, AlarmBox] | None = None,
         stations: Mapping[str, Point] | None = None,
         agency: str | None = None,
+        locator: LocationSearch | None = None,
+        log: CadLogger | None = None,
     ):
         self.repo = repo
         self.fqdn = fqdn
@@ -96,6 +103,11 @@ class Cad:
         self.geocoder = geocoder
         self.boxes: Mapping[str, AlarmBox] = boxes or {}
         self.stations: Mapping[str, Point] = stations or {}
+        #: Location search for entries by hand (LVF + ECRF + landmarks); when set, a civic
+        #: address by hand is checked through it (LoST validateLocation) instead of ``geocoder``.
+        self.locator = locator
+        #: The CAD's i3 log events (walk-ins); None: not logged.
+        self.log = log
 
     # --- look-ups ------------------------------------------------------------------------
 
@@ -205,32 +217,77 @@ class Cad:
         station: str | None = None,
         description: str | None = None,
         narrative: str | None = None,
+        landmark: str | None = None,
+        text: str | None = None,
+        position: str | None = None,
     ) -> Incident:
         """An incident entered by hand: a person walking into a firehouse or station
-        (``station``), or a dispatcher's own entry. A civic address is geocoded by the LVF; an
-        address that does not validate still makes the incident (the emergency is real even
-        when the address is not in the MSAG), marked not validated, placed at the given point,
-        else at the station the person walked into, else nowhere."""
+        (``station``), or a dispatcher's own entry. Where, in order: a ``landmark`` the
+        locator knows (``box:1037``, ``station:fs-01``: validated); a civic address, checked
+        by the locator (LoST ``findService`` with ``validateLocation``, RFC 5222 section
+        8.4.2) or the geocoder (the LVF); a line of ``text`` as typed ("12 main st
+        springfield"), parsed into one. An address that does not validate still makes the
+        incident (the emergency is real even when the address is not in the MSAG), marked
+        not validated and logged, placed at the given point, else at the station the person
+        walked into, else nowhere.
+
+        The intake gets an i3 Call Identifier of its own, linked to the incident, and, with
+        a ``log``, the log events a call would (``firebox.cad.logevents``)."""
         if station is not None and self.stations and station not in self.stations:
             raise NotFound(f"no station {station!r}")
         location = Location(point=point, civic=civic, description=description, method="given")
-        if civic is not None:
-            if self.geocoder is None:
-                location.validated = None
-            else:
+        check: LocationCheck | None = None
+        serving: tuple[Serving, ...] = ()
+        mark = self.locator.landmark(landmark, at) if landmark and self.locator else None
+        if landmark and mark is None:
+            log.warning("CAD entry by %s: landmark %r is not known; taken as a description", actor, landmark)
+            location.description = _join(description, f"landmark {landmark} (not known)")
+        if mark is not None:
+            location.point, location.validated, location.method = mark.point, True, "landmark"
+            location.description = _join(description, mark.label)
+            serving = mark.serving
+        else:
+            if civic is None and text and self.locator is not None:
+                civic = location.civic = self.locator.parse(text)
+            if civic is None and text:
+                location.description = _join(description, text)
+            if civic is not None and self.locator is not None:
+                check = self.locator.check(civic, at)
+                c = check.candidate
+                self._place(location, c.validated, c.point, tuple(c.validation.invalid) if c.validation else (),
+                            point, description, "lvf")  # fmt: skip
+                serving = c.serving
+            elif civic is not None and self.geocoder is not None:
                 g = self.geocoder.geocode(civic)
-                location.validated = g.valid
-                if g.valid and g.point is not None and point is None:
-                    location.point, location.method = g.point, "lvf"
-                if not g.valid:
-                    invalid = ", ".join(g.invalid) or "street or number not found"
-                    location.description = _join(description, f"address not validated ({invalid})")
+                self._place(location, g.valid, g.point, g.invalid, point, description, "lvf")
+            if civic is not None and location.validated is False:
+                log.warning("CAD entry by %s%s: address %r not validated; incident made anyway",
+                            actor, f" at station {station}" if station else "", civic)  # fmt: skip
         if location.point is None and station is not None and station in self.stations:
             location.point, location.method = self.stations[station], "station"
-        return self._create(
+        if not serving and location.point is not None and self.locator is not None:
+            serving = tuple(self.locator.serving(location.point, at))
+        call_id = new_call_id(self.fqdn)
+        incident = self._create(
             at, actor, type, subtype, priority, location,
             Source(SourceKind.WALK_IN, station=station), narrative,
+            calls=[CallLink(call_id, _aware(at))],
+            served_by=[f"{s.service}: {s.name or s.uri}" for s in serving],
         )  # fmt: skip
+        if self.log is not None:
+            self.log.walk_in(incident, call_id, at=at, agent=actor, position=position, station=station,
+                             check=check, serving=serving)  # fmt: skip
+        return incident
+
+    @staticmethod
+    def _place(location: Location, valid: bool | None, found: Point | None, invalid: tuple[str, ...],
+               given: Point | None, description: str | None, method: str) -> None:  # fmt: skip
+        location.validated = valid
+        if valid and found is not None and given is None:
+            location.point, location.method = found, method
+        if valid is False:
+            why = ", ".join(invalid) or "street or number not found"
+            location.description = _join(description, f"address not validated ({why})")
 
     def _location_from_pidf(self, pidf: bytes | str | Presence) -> Location:
         try:
@@ -264,6 +321,7 @@ class Cad:
         *,
         incident_id: str | None = None,
         calls: list[CallLink] | None = None,
+        served_by: list[str] | None = None,
     ) -> Incident:
         type_ = _enum(IncidentType, type_, "type")
         subtype = _enum(IncidentSubtype, subtype, "subtype")
@@ -279,7 +337,7 @@ class Cad:
             at, actor, Action.CREATED, source=source.kind.value, type=type_.value,
             subtype=subtype.value, priority=priority, box=source.box, station=source.station,
             calls=[c.call_id for c in incident.calls], location=location.description,
-            validated=location.validated,
+            validated=location.validated, **({"served_by": served_by} if served_by else {}),
         )  # fmt: skip
         if narrative:
             incident.add_narrative(narrative, at, actor)
