@@ -25,6 +25,8 @@ Pages and actions (paths relative to the mount point)::
     GET  /supervisor                            NENA-STA-020 answer times, positions
     GET  /admin/audit                           the console's and the CAD's audit trails
     GET  /fragments/{incidents|units|stats|positions|callbacks}   parts the pages refresh
+    GET  /outages  GET /alerts  POST /alerts/{id}/approve|reject   outages and public
+                                alerts (``firebox.console.resilience``)
 
 A POST answers JSON to a page that asks for it (``Accept: application/json``: the
 script's ``fetch``), and a 303 back to the page otherwise (a plain form, no script). Every
@@ -71,6 +73,7 @@ from firebox.cad.service import Cad
 from firebox.console.audit import AuditEntry, ConsoleAudit
 from firebox.console.auth import ConsoleUser, Permission, Session, Sessions, verify_password, AuthError
 from firebox.console.live import LiveHub, poll_cad, pump_call_handling
+from firebox.console.resilience import ConsoleKit, ResilienceSource, poll_resilience, resilience_routes
 
 log = logging.getLogger("firebox.console")
 
@@ -121,6 +124,8 @@ class ConsoleState:
     leaflet_dir: Path | None
     cad_poll_s: float | None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: More event sources started with the others (outages and alerts: ``resilience``).
+    pumps: list[Callable[[], Any]] = field(default_factory=list)
 
     def start(self) -> None:
         """Start the event pumps (once, in the running loop)."""
@@ -132,6 +137,8 @@ class ConsoleState:
             self.tasks.append(asyncio.create_task(
                 poll_cad(self.cad, self.hub, self.cad_poll_s, has_clients=lambda: self.hub.clients > 0)
             ))  # fmt: skip
+        for pump in self.pumps:
+            self.tasks.append(asyncio.create_task(pump()))
 
     def attach_call_handling(self, api: Any) -> None:
         """Give the console its call handling element after it was built (the node starts
@@ -170,6 +177,8 @@ def console_app(
     leaflet_dir: Path | str | None = LEAFLET_DIR,
     cad_poll_s: float | None = 2.0,
     secure_cookie: bool = False,
+    resilience: ResilienceSource | None = None,
+    alerts: Any | None = None,
 ) -> Starlette:
     """The console application.
 
@@ -184,7 +193,10 @@ def console_app(
     ``leaflet_dir``: Leaflet's ``dist`` folder (None or missing: the console says the map
     is not installed). ``cad_poll_s``: how often to look for CAD changes made outside the
     console (None: only the console's own). ``secure_cookie``: mark the cookie Secure
-    (behind HTTPS).
+    (behind HTTPS). ``resilience``: the monitor's outages, states and the callback
+    worklist for the supervisor's state view (``resilience.resilience_source(node)``);
+    ``alerts``: public alert approval (``firebox.alerting.http.AlertDesk``); None: those
+    pages say the node has none.
     """
     leaflet = Path(leaflet_dir) if leaflet_dir is not None else None
     if leaflet is not None and not (leaflet / "leaflet.js").is_file():
@@ -209,6 +221,9 @@ def console_app(
     env.filters["hhmmss"] = lambda t: t.astimezone(UTC).strftime("%H:%M:%S") if t else ""
     env.filters["pct"] = lambda v: "—" if v is None else f"{v * 100:.1f} %"
     gis_cache: dict[str, Any] = {}
+    if resilience is not None or alerts is not None:
+        st.pumps.append(lambda: poll_resilience(resilience, alerts, st.hub, cad_poll_s or 2.0,
+                                                has_clients=lambda: st.hub.clients > 0))  # fmt: skip
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -814,6 +829,7 @@ def console_app(
         Route("/units/{unit_id}/status", guarded(P.DISPATCH, "unit status")(unit_status), methods=["POST"]),
         Route("/supervisor", guarded(P.VIEW_STATS, html=True)(supervisor_page), methods=["GET"]),
         Route("/admin/audit", guarded(P.VIEW_AUDIT, html=True)(audit_page), methods=["GET"]),
+        *resilience_routes(ConsoleKit(guarded, page, record, done, one, _Problem, st.clock, st.psap_name), resilience, alerts),
         Route("/fragments/{name}", guarded(None)(fragment), methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

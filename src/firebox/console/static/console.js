@@ -63,7 +63,8 @@
 
   // --- live parts of server-rendered pages --------------------------------------------------
 
-  const liveKinds = { incidents: ["incident"], units: ["unit"], stats: ["stats", "call"], positions: ["position"], callbacks: ["callback"] };
+  const liveKinds = { incidents: ["incident"], units: ["unit"], stats: ["stats", "call"], positions: ["position"], callbacks: ["callback"],
+    outages: ["outage", "worklist"], alerts: ["alert"] };
   const pendingRefresh = new Set();
   const forced = new WeakSet();
   function refreshSoon(el, force) {
@@ -569,6 +570,124 @@
       sub.textContent = "";
       for (const s of choices[sel.value] || []) { const o = document.createElement("option"); o.textContent = s; sub.appendChild(o); }
     });
+  }
+
+  // Location search (walk-ins, entries by hand): a combobox over GET /api/location?q=.
+  // Typing asks the LVF (debounced); arrows move through the results, Enter takes one (and
+  // does not submit the form), Escape closes. Taking an address fills the civic fields and
+  // lets the server place it (it validates again); taking a landmark names it.
+  for (const box of document.querySelectorAll("[data-locsearch]")) {
+    const fid = box.dataset.locsearch;
+    const input = document.getElementById(fid + "-q");
+    const list = document.getElementById(fid + "-q-results");
+    const chosen = document.getElementById(fid + "-q-chosen");
+    const landmark = document.getElementById(fid + "-landmark");
+    const field = (name) => document.getElementById(fid + "-" + name);
+    let results = [], active = -1, timer = 0, asked = 0;
+
+    function describe(c) {
+      const state = c.validated === true ? "validated" : c.validated === false ? "NOT validated" : "not checked";
+      const psap = c.psap ? " · PSAP " + (c.psap.name || c.psap.uri) : "";
+      const zone = (c.zone || []).map((z) => z.name).filter(Boolean).join(", ");
+      return state + psap + (zone ? " · " + zone : "");
+    }
+    function close() { list.hidden = true; input.setAttribute("aria-expanded", "false"); input.removeAttribute("aria-activedescendant"); active = -1; }
+    function mark(i) {
+      active = i;
+      [...list.children].forEach((li, n) => li.setAttribute("aria-selected", n === i ? "true" : "false"));
+      const li = list.children[i];
+      if (li && li.id) { input.setAttribute("aria-activedescendant", li.id); li.scrollIntoView({ block: "nearest" }); }
+    }
+    function render() {
+      list.textContent = "";
+      results.forEach((c, i) => {
+        const li = document.createElement("li");
+        li.id = fid + "-q-opt-" + i;
+        li.setAttribute("role", "option");
+        li.setAttribute("aria-selected", "false");
+        li.dataset.validated = String(c.validated);
+        const main = document.createElement("strong");
+        main.textContent = c.label;
+        const sub = document.createElement("span");
+        sub.className = "sub";
+        sub.textContent = describe(c);
+        li.append(main, sub);
+        li.addEventListener("mousedown", (e) => { e.preventDefault(); take(i); });
+        list.appendChild(li);
+      });
+      if (!results.length) {
+        const li = document.createElement("li");
+        li.className = "empty";
+        li.textContent = "Nothing found: the text as typed will be used, marked unvalidated.";
+        list.appendChild(li);
+      }
+      list.hidden = false;
+      input.setAttribute("aria-expanded", "true");
+      active = -1;
+    }
+    function take(i) {
+      const c = results[i];
+      if (!c) return;
+      const civic = c.civic || {};
+      const street = ["PRD", "RD", "STS", "POD"].map((k) => civic[k]).filter(Boolean).join(" ");
+      if (field("hno")) field("hno").value = c.landmark ? "" : civic.HNO ? civic.HNO + (civic.HNS || "") : "";
+      if (field("street")) field("street").value = c.landmark ? "" : street;
+      if (field("town")) field("town").value = c.landmark ? "" : civic.A3 || "";
+      // The server places an address itself (the LVF); only a landmark's own point is exact.
+      if (field("lat")) field("lat").value = "";
+      if (field("lon")) field("lon").value = "";
+      landmark.value = c.landmark || "";
+      input.value = c.label;
+      chosen.textContent = "Location: " + c.label + " — " + describe(c);
+      chosen.dataset.validated = String(c.validated);
+      close();
+    }
+    async function ask() {
+      const q = input.value.trim();
+      if (q.length < 2) { close(); return; }
+      const n = ++asked;
+      const reply = await fetch(BASE + "/api/location?q=" + encodeURIComponent(q), { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (n !== asked) return; // an older answer: a newer question is on its way
+      if (!reply.ok) { say("Location search failed: HTTP " + reply.status); return; }
+      const doc = await reply.json();
+      results = doc.candidates || [];
+      render();
+    }
+    input.addEventListener("input", () => {
+      landmark.value = "";
+      chosen.textContent = "";
+      clearTimeout(timer);
+      timer = setTimeout(ask, 200);
+    });
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+        e.preventDefault();
+        if (list.hidden) { ask(); return; }
+        const n = results.length;
+        if (!n) return;
+        mark(e.key === "ArrowDown" ? (active + 1) % n : (active - 1 + n) % n);
+      } else if (e.key === "Enter" && !list.hidden && active >= 0) {
+        e.preventDefault();
+        take(active);
+      } else if (e.key === "Escape" && !list.hidden) {
+        e.preventDefault();
+        e.stopPropagation();
+        close();
+      }
+    });
+    input.addEventListener("blur", () => setTimeout(close, 150));
+    // The stations a person may walk into, for the station field's suggestions.
+    const stations = document.getElementById(fid + "-stations");
+    if (stations) {
+      fetch(BASE + "/api/location/stations", { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null)).then((doc) => {
+        for (const s of (doc && doc.stations) || []) {
+          const o = document.createElement("option");
+          o.value = s.id;
+          o.label = s.name;
+          stations.appendChild(o);
+        }
+      });
+    }
   }
 
   // Start once every script of the page has run (the console's own set-up registers
