@@ -12,6 +12,11 @@
 Errors are RFC 9457 problems (``application/problem+json``) naming what was wrong: an unknown
 alert (404), a bad body (400), an approval the workflow refuses (409, saying why). The user
 name is taken from the body: mount these routes behind the console's authentication.
+
+``AlertDesk`` is the narrow interface the call-taker console approves through (the console's
+``/alerts`` pages, signed-in users with the ``approve public alerts`` permission): the drafts
+waiting, as plain dicts with their texts in every language and their WEA texts, and
+approve / reject under the user the console signed in.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from firebox import restapi
-from firebox.alerting.drafts import ApprovalError, DraftState
+from firebox.alerting.drafts import AlertDraft, ApprovalError, DraftState
 from firebox.alerting.publish import AlertService
+from firebox.cap.message import format_datetime
 
-__all__ = ["alerting_routes", "create_alerting_app"]
+__all__ = ["AlertDesk", "alerting_routes", "create_alerting_app", "draft_view"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +148,90 @@ class _NotStarted(Exception):
 
 def create_alerting_app(service: Any) -> Starlette:
     return Starlette(routes=alerting_routes(service), exception_handlers={HTTPException: restapi.http_error})
+
+
+# --- the console's interface ----------------------------------------------------------------
+
+
+def draft_view(draft: AlertDraft, service: AlertService) -> dict[str, Any]:
+    """A draft as a person deciding on it reads it: ``as_dict()`` plus the towns by name, the
+    approvals still needed, and per language (CAP ``<info>``) the headline, description,
+    instruction and the two WEA texts (``CMAMtext``, at most 90 characters; ``CMAMlongtext``,
+    at most 360: 47 CFR 10.430)."""
+    manager = service.manager
+    towns = manager.area.towns
+    needed = 2 if manager.policy.two_person else 1
+    out = draft.as_dict()
+    out["town_names"] = sorted(towns[t].title if t in towns else t for t in draft.towns)
+    out["needed"] = needed
+    out["approvals_missing"] = max(0, needed - len(draft.approvals)) if draft.state is DraftState.DRAFT else 0
+    out["infos"] = [
+        {
+            "language": info.language, "headline": info.headline, "description": info.description,
+            "instruction": info.instruction, "wea": info.parameter("CMAMtext"),
+            "wea_long": info.parameter("CMAMlongtext"),
+        }
+        for info in draft.alert.infos
+    ]  # fmt: skip
+    out["sent_at"] = format_datetime(draft.sent_at) if draft.sent_at is not None else None
+    return out
+
+
+class AlertDesk:
+    """Public alerting as the console sees it, over an ``AlertService`` (or a function
+    giving it; None until the node has started alerting: ``available`` is False and every
+    list is empty). The user is whoever the console signed in; the workflow's own rules
+    (two-person approval, validation, state) decide, and say why in ``ApprovalError``."""
+
+    def __init__(self, service: AlertService | Callable[[], AlertService | None]) -> None:
+        self._current: Callable[[], AlertService | None] = (
+            service if callable(service) and not isinstance(service, AlertService) else (lambda: service)
+        )  # fmt: skip
+
+    @property
+    def available(self) -> bool:
+        return self._current() is not None
+
+    @property
+    def two_person(self) -> bool:
+        s = self._current()
+        return bool(s is not None and s.manager.policy.two_person)
+
+    def _drafts(self) -> list[AlertDraft]:
+        s = self._current()
+        if s is None:
+            return []
+        return sorted(s.manager.drafts.values(), key=lambda d: (d.created, d.id), reverse=True)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Drafts waiting for a decision, newest first."""
+        s = self._current()
+        return [draft_view(d, s) for d in self._drafts() if d.state is DraftState.DRAFT] if s else []
+
+    def decided(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest messages no longer waiting (approved, sent, withdrawn, rejected)."""
+        s = self._current()
+        done = [d for d in self._drafts() if d.state is not DraftState.DRAFT][:limit]
+        return [draft_view(d, s) for d in done] if s else []
+
+    def fingerprint(self) -> tuple[tuple[str, str, int], ...]:
+        """Changes when any draft appears or changes state or gets an approval (what a live
+        page polls)."""
+        return tuple((d.id, d.state.value, len(d.approvals)) for d in self._drafts())
+
+    def _service(self) -> AlertService:
+        s = self._current()
+        if s is None:
+            raise ApprovalError("public alerting is not running")
+        return s
+
+    async def approve(self, draft_id: str, user: str) -> dict[str, Any]:
+        """``KeyError`` for an unknown draft, ``ApprovalError`` when the workflow refuses."""
+        s = self._service()
+        draft = await s.approve(draft_id, user)
+        return draft_view(draft, s)
+
+    def reject(self, draft_id: str, user: str, reason: str = "") -> dict[str, Any]:
+        s = self._service()
+        draft = s.manager.reject(draft_id, user, s.clock(), reason)
+        return draft_view(draft, s)

@@ -60,6 +60,7 @@ class Permission(StrEnum):
     DISPATCH = "dispatch"  # dispatch units, incident status, close
     VIEW_STATS = "view statistics"  # NENA-STA-020 answer times, positions
     VIEW_AUDIT = "view the audit trail"
+    APPROVE_ALERTS = "approve public alerts"  # CAP drafts of 911 outages (issue 7)
 
 
 _P = Permission
@@ -67,11 +68,13 @@ _P = Permission
 #: and follows incidents (sees the queue, takes no call); a supervisor does both and sees the
 #: PSAP's figures; an administrator sees everything and reads the audit trail, but takes no
 #: call and dispatches nothing (what an auditor does should not be audited as dispatching).
+#: Only a supervisor approves a public alert: it speaks to every phone in the towns named.
 PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.CALL_TAKER: frozenset({_P.VIEW_CALLS, _P.HANDLE_CALLS, _P.CALLBACKS, _P.VIEW_CAD, _P.CREATE_INCIDENT}),
     Role.DISPATCHER: frozenset({_P.VIEW_CALLS, _P.VIEW_CAD, _P.CREATE_INCIDENT, _P.DISPATCH}),
     Role.SUPERVISOR: frozenset({
         _P.VIEW_CALLS, _P.HANDLE_CALLS, _P.CALLBACKS, _P.VIEW_CAD, _P.CREATE_INCIDENT, _P.DISPATCH, _P.VIEW_STATS,
+        _P.APPROVE_ALERTS,
     }),
     Role.ADMINISTRATOR: frozenset({_P.VIEW_CALLS, _P.VIEW_CAD, _P.VIEW_STATS, _P.VIEW_AUDIT}),
 }  # fmt: skip
