@@ -18,6 +18,7 @@ Pages and actions (paths relative to the mount point)::
     POST /position/ready            {ready: on|off}
     POST /callbacks/record          {callback_id, outcome, done}
     GET  /incidents  POST /incidents            board; new incident (from a call or by hand)
+    GET  /api/location?q=  /api/location/stations   location search (LVF, ECRF, landmarks)
     GET  /incidents/{id}                        detail: timeline, recommendation, actions
     POST /incidents/{id}/dispatch|status|close|narrative
     GET  /incidents/{id}/eido                   the EIDO (NENA-STA-021.1a), as a download
@@ -656,14 +657,45 @@ def console_app(
                     point = Point(lat=float(lat or ""), lon=float(lon or ""))
                 except ValueError as exc:
                     raise _Problem(422, "Invalid request", [("lat", f"lat and lon must be numbers in range ({exc})")]) from None
+            landmark = one(doc, "landmark")
+            # The search line as typed counts only when nothing more precise was given: an
+            # address nobody picked from the results is still taken (and marked unvalidated).
+            text = one(doc, "q") if civic is None and point is None and landmark is None else None
+            if text is not None and len(text) > 200:
+                raise _Problem(422, "Invalid request", [("q", f"at most 200 characters, not {len(text)}")])
             incident = cad_call(session, "incident create", None, lambda: cad.incident_by_hand(
                 at=now, actor=who, type=type_, subtype=subtype, priority=priority, civic=civic, point=point,
                 station=one(doc, "station"), description=one(doc, "description"), narrative=narrative,
-            ), source="by hand")  # fmt: skip
+                landmark=landmark, text=text, position=session.user.position,
+            ), source="by hand", station=one(doc, "station"))  # fmt: skip
+            if incident.location.validated is False:
+                log.warning("console: %s entered incident %s at an address the LVF did not validate: %s",
+                            who, incident.id, incident.location.description)  # fmt: skip
+                session.notices.append(f"The address was not validated: the incident {incident.id} was made, marked unvalidated.")
         st.hub.publish_incident(incident)
         url = f"{base(request)}/incidents/{incident.id}"
         reply = done(request, {"incident": _board_row(incident), "url": url}, back=url, status=201)
         return reply
+
+    async def api_location(request: Request, session: Session, doc: dict[str, list[str]]) -> Response:
+        """``GET /api/location?q=12 main st springfield[&limit=8]``: candidates from the LVF
+        (RFC 5222 findService with validateLocation through the ECRF), with their points and
+        the PSAP and agencies serving them, and landmarks (``firebox.cad.locate``)."""
+        q = one(doc, "q") or ""
+        if len(q) > 200:
+            raise _Problem(422, "Invalid request", [("q", f"at most 200 characters, not {len(q)}")])
+        limit = min(max(_int(one(doc, "limit") or "8", "limit"), 1), 25)
+        if cad.locator is None:
+            return JSONResponse({"query": q, "search": False, "candidates": []})
+        found = cad.locator.search(q, now=st.clock(), limit=limit)
+        return JSONResponse({"query": q, "search": True, "candidates": [c.to_json() for c in found]})
+
+    async def api_stations(request: Request, session: Session, doc: Any) -> Response:
+        """``GET /api/location/stations``: the stations a person may walk into."""
+        marks = cad.locator.landmarks if cad.locator is not None else {}
+        return JSONResponse({"stations": [
+            {"id": sid, "name": marks[f"station:{sid}"].name if f"station:{sid}" in marks else sid} for sid in sorted(cad.stations)
+        ]})  # fmt: skip
 
     def _incident_from_call(session: Session, call: Any, type_: Any, subtype: Any, priority: int, narrative: str | None, now: datetime) -> Any:
         from firebox.logging.events import check_uid, new_call_id
@@ -819,6 +851,8 @@ def console_app(
         Route("/callbacks/record", guarded(P.CALLBACKS, "callback")(record_callback), methods=["POST"]),
         Route("/incidents", guarded(P.VIEW_CAD, html=True)(incidents_page), methods=["GET"]),
         Route("/incidents", guarded(P.CREATE_INCIDENT, "incident create")(create_incident), methods=["POST"]),
+        Route("/api/location", guarded(P.CREATE_INCIDENT)(api_location), methods=["GET"]),
+        Route("/api/location/stations", guarded(P.CREATE_INCIDENT)(api_stations), methods=["GET"]),
         Route(I, guarded(P.VIEW_CAD, html=True)(incident_page), methods=["GET"]),
         Route(I + "/dispatch", guarded(P.DISPATCH, "dispatch")(dispatch), methods=["POST"]),
         Route(I + "/status", guarded(P.DISPATCH, "incident status")(incident_status), methods=["POST"]),
