@@ -49,9 +49,13 @@ USERS = load_users([
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return build_world(tmp_path_factory.mktemp("demo"))
+
+
+def build_world(directory: Path) -> dict[str, Any]:
     """The demo state's streets (LVF), service boundaries (ECRF), boxes and stations."""
     state = generate_state()
-    paths = state.write_geojson(tmp_path_factory.mktemp("demo"))
+    paths = state.write_geojson(directory)
     lvf = Lvf.from_geojson(paths["streets"], default_state=state.abbreviation)
     index = ServiceIndex([
         BoundaryLayer(svc, [Boundary(b.id, b.name, b.uri, b.geometry) for b in state.layers[svc]]) for svc in SERVICES

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -251,6 +251,10 @@ class LocationSearch:
             validated, point = result.valid, result.point
             if validation is None:
                 validation = result.validation
+            if result.valid and result.segment is not None:
+                # The street as the reference data writes it (what units will find on signs).
+                seg = result.segment
+                civic = replace(civic, PRD=None, RD=seg.label, STS=None, POD=None, A3=civic.A3 or seg.town)
         if point is not None:
             serving += self.serving(point, now, services=self._zone)
         label = _label(civic)

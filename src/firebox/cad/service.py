@@ -257,6 +257,8 @@ class Cad:
                 self._place(location, c.validated, c.point, tuple(c.validation.invalid) if c.validation else (),
                             point, description, "lvf")  # fmt: skip
                 serving = c.serving
+                if c.validated and c.civic is not None:
+                    location.civic = c.civic  # the reference data's spelling
             elif civic is not None and self.geocoder is not None:
                 g = self.geocoder.geocode(civic)
                 self._place(location, g.valid, g.point, g.invalid, point, description, "lvf")
