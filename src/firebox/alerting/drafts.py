@@ -494,13 +494,21 @@ class AlertManager:
 
     Feed it ``on_outages(updates, now)`` (``Outage.as_dict()`` snapshots, one detector
     evaluation at a time) and ``tick(now)`` now and then (renewals); a person calls
-    ``approve`` / ``reject``; the I/O side publishes ``take_outbox()`` and calls ``sent``."""
+    ``approve`` / ``reject``; the I/O side publishes ``take_outbox()`` and calls ``sent``.
+
+    ``store`` (``firebox.alerting.store``), when given, keeps every draft and is shared by the
+    nodes of a cluster: a draft is claimed under its drafting key (a node that drafts second
+    adopts the first node's draft), every transition is written back, and a draft is read
+    again before each action on it. ``node`` (this node's id) keeps identifiers unique."""
 
     def __init__(self, area: AlertArea, policy: AlertPolicy, *,
-                 signer: Callable[[bytes], bytes] | None = None) -> None:  # fmt: skip
+                 signer: Callable[[bytes], bytes] | None = None, store: Any = None,
+                 node: str | None = None) -> None:  # fmt: skip
         self.area = area
         self.policy = policy
         self.signer = signer
+        self.store = store
+        self.node = node
         self.drafts: dict[str, AlertDraft] = {}
         self.outages: dict[str, dict[str, Any]] = {}
         self.chain: _Chain | None = None
@@ -538,7 +546,7 @@ class AlertManager:
         """``user`` approves; with enough approvals the message is final (sent = ``now``),
         signed, and queued for publication. ``KeyError`` for an unknown draft,
         ``ApprovalError`` naming why otherwise."""
-        draft = self.drafts[draft_id]
+        draft = self._refresh(self.drafts[draft_id])
         user = user.strip()
         if not user:
             raise ApprovalError("an approval needs the approver's user name")
@@ -551,19 +559,19 @@ class AlertManager:
         if len(draft.approvals) + 1 < needed:
             draft.approvals.append(user)
             draft.transitions.append(Transition(DraftState.DRAFT, user, now, f"approval 1 of {needed}"))
-            return draft
+            return self._persist(draft)
         self._finalize(draft, user, now, f"approval {len(draft.approvals) + 1} of {needed}")
         draft.approvals.append(user)
-        return draft
+        return self._persist(draft)
 
     def reject(self, draft_id: str, user: str, now: float, reason: str = "") -> AlertDraft:
-        draft = self.drafts[draft_id]
+        draft = self._refresh(self.drafts[draft_id])
         if not user.strip():
             raise ApprovalError("a rejection needs the user's name")
         self._allowed(draft, "reject")
         draft.state = DraftState.REJECTED
         draft.transitions.append(Transition(DraftState.REJECTED, user.strip(), now, reason))
-        return draft
+        return self._persist(draft)
 
     def take_outbox(self) -> list[AlertDraft]:
         """Approved messages to publish, oldest first (each once)."""
@@ -572,12 +580,42 @@ class AlertManager:
 
     def sent(self, draft_id: str, now: float, note: str = "") -> AlertDraft:
         """The publisher has published ``draft_id``."""
-        draft = self.drafts[draft_id]
+        draft = self._refresh(self.drafts[draft_id])
         self._allowed(draft, "sent")
         draft.state = DraftState.SENT
         draft.sent_at = now
         draft.transitions.append(Transition(DraftState.SENT, SYSTEM_USER, now, note))
+        return self._persist(draft)
+
+    # --- the shared store ------------------------------------------------------------------
+
+    def _persist(self, draft: AlertDraft) -> AlertDraft:
+        if self.store is not None:
+            self.store.save(draft)
         return draft
+
+    def _refresh(self, draft: AlertDraft) -> AlertDraft:
+        """The draft as the store has it, if another node moved it on (more transitions)."""
+        stored = self.store.get(draft.id) if self.store is not None else None
+        if stored is not None and len(stored.transitions) > len(draft.transitions):
+            draft.state, draft.approvals, draft.transitions = stored.state, stored.approvals, stored.transitions
+            draft.alert, draft.xml, draft.sent_at = stored.alert, stored.xml, stored.sent_at
+        return draft
+
+    def _adopt(self, draft: AlertDraft, last_final: AlertDraft | None) -> AlertDraft:
+        """Claim the draft under its drafting key; if another node drafted it first, take
+        that one (its identifier and chain) instead."""
+        from firebox.alerting.store import draft_key
+
+        assert self.chain is not None
+        key = draft_key(last_final.id if last_final else None, draft.msg_type, draft.outages, draft.towns,
+                        draft.statewide, draft.clear)  # fmt: skip
+        held = self.store.claim(key, draft)
+        if held.id == draft.id:
+            return draft
+        held.problems = ipaws.validate_ipaws(held.alert, max_polygon_points=self.policy.max_polygon_points)
+        self.chain.id = held.chain
+        return held
 
     # --- internals ------------------------------------------------------------------------
 
@@ -643,8 +681,12 @@ class AlertManager:
         return [self._draft(msg_type, psaps, statewide, outage_ids, now)]
 
     def _withdraw(self, draft: AlertDraft, now: float, note: str) -> None:
+        draft = self._refresh(draft)
+        if draft.state is not DraftState.DRAFT:
+            return  # another node's approver decided first
         draft.state = DraftState.WITHDRAWN
         draft.transitions.append(Transition(DraftState.WITHDRAWN, SYSTEM_USER, now, note))
+        self._persist(draft)
 
     def _draft(self, msg_type: MsgType, psaps: frozenset[str], statewide: bool, outage_ids: tuple[str, ...],
                now: float, *, clear: bool = False, note: str = "") -> AlertDraft:  # fmt: skip
@@ -655,7 +697,8 @@ class AlertManager:
             psaps, statewide = frozenset(last_final.area_psaps), last_final.area_statewide  # the area last told
         self._seq += 1
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
-        ident = f"{self.policy.id_prefix}-{stamp}-{self._seq}"
+        node = f"-{self.node}" if self.node else ""
+        ident = f"{self.policy.id_prefix}-{stamp}{node}-{self._seq}"
         towns = self.area.towns_of(psaps)
         alert = self._build(ident, msg_type, towns, psaps, statewide, now, clear=clear)
         draft = AlertDraft(
@@ -667,13 +710,19 @@ class AlertManager:
         )  # fmt: skip
         draft.transitions.append(Transition(DraftState.DRAFT, SYSTEM_USER, now,
                                             note or f"{msg_type.value} drafted for outages {', '.join(outage_ids) or '(none)'}"))  # fmt: skip
+        if self.store is not None:
+            adopted = self._adopt(draft, last_final)
+            if adopted is not draft:  # another node's: its workflow, not ours
+                self.drafts[adopted.id] = adopted
+                self.chain.drafts.append(adopted)
+                return adopted
         self.drafts[ident] = draft
         self.chain.drafts.append(draft)
         was_statewide = last_final is not None and last_final.statewide
         if self.policy.auto_send_statewide and (statewide or was_statewide) and not draft.problems:
             self._finalize(draft, POLICY_USER, now, "statewide: sent at once by policy")
             draft.approvals.append(POLICY_USER)
-        return draft
+        return self._persist(draft)
 
     def _finalize(self, draft: AlertDraft, user: str, now: float, note: str) -> None:
         towns = self.area.towns_of(draft.area_psaps)
