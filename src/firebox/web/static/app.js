@@ -41,6 +41,7 @@ async function load() {
     const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
     path.setAttribute("d", geomPath(f.geometry));
     path.setAttribute("fill", colour(psapIndex.get(f.properties.psap_id) ?? 0));
+    path.dataset.psap = f.properties.psap_id ?? "";
     const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
     title.textContent = `${f.properties.name} (pop. ${f.properties.population ?? "?"}) — ${f.properties.psap_id ?? ""}`;
     path.appendChild(title);
@@ -50,6 +51,78 @@ async function load() {
   svg.addEventListener("click", onClick);
   refresh();
   setInterval(refresh, 2000);
+  demo(state);
+}
+
+// --- the demo's "break something" panel (only when the node mounts /demo: firebox demo) ------
+
+async function demo(state) {
+  const r = await fetch("demo/faults", { cache: "no-store" });
+  if (!r.ok) return;  // firebox serve: no controls
+  document.getElementById("demobox").hidden = false;
+  const sel = document.getElementById("cut-psap");
+  for (const p of state.psaps) { const o = document.createElement("option"); o.value = p.id; o.textContent = `${p.name} (${p.id})`; sel.appendChild(o); }
+  const names = new Map(state.psaps.map((p) => [p.id, p.name]));
+  const say = (text, cls) => { const out = document.getElementById("demo-result"); out.textContent = text; out.className = cls || ""; };
+  async function act(path, body) {
+    const reply = await fetch("demo/faults/" + path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+    const doc = await reply.json();
+    if (!reply.ok) { say(doc.detail || doc.title, "err"); return null; }
+    draw(doc.status);
+    return doc.done;
+  }
+  document.getElementById("bad-rule").addEventListener("click", async () => {
+    const d = await act("bad-rule");
+    if (!d) return;
+    if (d.refused) say(`firebox refused the rule (change ${d.change}): ${d.reason} It would have hit ${d.hits} recent calls, e.g. ${d.examples.join(", ")}. Nothing was applied.`, "refused");
+    else say(`The change system did not refuse it: change ${d.change} is in shadow only (not applied).`, "err");
+  });
+  document.getElementById("firewall").addEventListener("click", async () => {
+    const on = !(document.getElementById("firewall").getAttribute("aria-pressed") === "true");
+    const d = await act("firewall", { on });
+    if (d) say(on ? "A firewall in front of the BCF now answers every INVITE 403 (outside firebox's rule system). Watch the monitor notice." : "The firewall passes calls again.");
+  });
+  document.getElementById("cut").addEventListener("click", async () => {
+    const d = await act("cut", { psap: sel.value });
+    if (d) say(`${d.name} is cut off: its calls time out. Watch the monitor confirm it and routing send its calls to the alternate.`);
+  });
+  document.getElementById("heal").addEventListener("click", async () => {
+    const d = await act("heal");
+    if (d) say("Healed: the monitor clears each outage after its test calls succeed again.");
+  });
+  function draw(s) {
+    const fw = document.getElementById("firewall");
+    fw.setAttribute("aria-pressed", String(s.firewall));
+    fw.textContent = s.firewall ? `Firewall blocking ingress (${s.firewall_blocked} INVITEs refused): lift it` : "Firewall outside firebox blocks ingress";
+    const rows = [...((s.outages && s.outages.current) || []), ...((s.outages && s.outages.recent) || [])];
+    document.querySelector("#demo-outages tbody").replaceChildren(...rows.map((o) => {
+      const tr = document.createElement("tr");
+      tr.className = o.state; tr.dataset.key = o.key; tr.dataset.state = o.state;
+      const what = o.scope === "psap" ? `${names.get(o.key) || o.key} (${o.key})` : o.key;
+      for (const v of [o.state, o.scope, what, (o.start || "").slice(11, 19), o.cause, o.calls_affected]) {
+        const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+      }
+      return tr;
+    }));
+    const down = new Set(), suspect = new Set();
+    for (const o of (s.outages && s.outages.current) || []) {
+      if (o.scope !== "psap" && o.scope !== "statewide") continue;
+      const set = o.state === "confirmed" ? down : suspect;
+      if (o.scope === "statewide") state.psaps.forEach((p) => set.add(p.id)); else set.add(o.key);
+    }
+    for (const path of svg.querySelectorAll("path[data-psap]")) {
+      path.classList.toggle("down", down.has(path.dataset.psap));
+      path.classList.toggle("suspect", !down.has(path.dataset.psap) && suspect.has(path.dataset.psap));
+    }
+    const rr = Object.entries(s.rerouted || {});
+    document.getElementById("demo-rerouted").textContent = s.outages === null ? "The monitor is not running." :
+      (rr.length ? "Calls carried around a failure (answered elsewhere), by the PSAP they were meant for: " +
+        rr.map(([k, n]) => `${names.get(k) || k} ${n}`).join(" · ") : "No call rerouted yet.") +
+      (s.cut.length ? ` Cut now: ${s.cut.join(", ")}.` : "");
+  }
+  const poll = async () => { const x = await fetch("demo/faults", { cache: "no-store" }); if (x.ok) draw(await x.json()); };
+  poll();
+  setInterval(poll, 1000);
 }
 
 async function refresh() {
