@@ -58,8 +58,15 @@ The policy's notify actions (``RouteDecision.notifications``) go out as SIP MESS
 JSON summary of the call to each SIP URI target (counted in ``notified``), never delaying
 the call.
 
-Not done: double Record-Route for a call that changes transport; DNS (RFC 3263) for next
-hops ``resolve`` does not know (the URI's host is used as it is).
+Several nodes (issue 8): with ``cluster_name`` (and ``cluster_aliases``) the element takes
+that name as its own when popping Route and Record-Routes with it (``sip:<name>;lr``), so a
+dialog's route set survives the node that set it up: the user agents resolve the name by
+RFC 3263 (``firebox.sip.resolve``) to any live node, which forwards statelessly. With
+``sip_resolver`` next hops that ``resolve`` does not know are located by RFC 3263, and a
+stream target that fails to connect is tried last for a while.
+
+Not done: double Record-Route for a call that changes transport; failover between the
+addresses of one destination URI (the next destination of the policy is tried instead).
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ from firebox.sip.transaction import (
 from firebox.sip.transaction import CancelTimer as TxCancelTimer
 from firebox.sip.transaction import StartTimer as TxStartTimer
 from firebox.sip.overload import OverloadGuard, Reject
+from firebox.sip.resolve import SipResolver
 from firebox.sip.transport import SipServer, Source, start_sip_server, via_destination
 
 __all__ = ["ALLOW", "Address", "CallRecord", "EmergencyCore", "Resolver"]
@@ -223,6 +231,9 @@ class EmergencyCore:
         subscribe_to: Iterable[str] = (),
         state_expires: int = 600,
         divert_to: str | None = None,
+        cluster_name: str | None = None,
+        cluster_aliases: Iterable[str] = (),
+        sip_resolver: SipResolver | None = None,
     ) -> None:
         self.bcf = bcf
         self.router = router
@@ -253,6 +264,17 @@ class EmergencyCore:
         #: Where a call the BCF diverts goes first (an announcement and callback service);
         #: ``None``: diverted calls are routed normally, with their callback record.
         self.divert_to = divert_to
+        #: Several nodes, one SIP name (issue 8): the cluster name (and aliases) is "us" when
+        #: popping Route, and our Record-Route, so a dialog's route set names no single node
+        #: and its in-dialog requests reach whichever node is alive (RFC 3263 at the UAs).
+        self.cluster_name = cluster_name.strip().rstrip(".").lower() if cluster_name else None
+        self.cluster_names = frozenset(
+            n.strip().rstrip(".").lower() for n in (cluster_name, *cluster_aliases) if n
+        )
+        #: RFC 3263 for next hops ``resolve`` does not know, with failure memory.
+        self.sip_resolver = sip_resolver
+        if sip_resolver is not None:
+            self.resolve = _resolve_chain(resolve, sip_resolver)
         #: Policy notify actions sent / failed / not sendable.
         self.notified: Counter[str] = Counter()
         #: Requests we originate (NOTIFY, SUBSCRIBE, MESSAGE), in client transactions.
@@ -289,7 +311,7 @@ class EmergencyCore:
             self.router.states,
             element_id=self.element_id,
             service_domain=domain,
-            contact=self.record_route_uri,
+            contact=self.node_uri,
             queue_uri=f"sip:queue@{self.element_id}",
             outbound=self.outbound,
             queue_state=self._queue_figures,
@@ -331,6 +353,15 @@ class EmergencyCore:
 
     @property
     def record_route_uri(self) -> str:
+        """Our Record-Route: the cluster name when configured (any node takes the dialog's
+        later requests), else this node."""
+        if self.cluster_name:
+            return f"sip:{self.cluster_name}"
+        return self.node_uri
+
+    @property
+    def node_uri(self) -> str:
+        """This node's own SIP URI (subscriptions, whose state lives here)."""
         return f"sip:{self.advertised_host}:{self.port}"
 
     # -- entry point ---------------------------------------------------------------------
@@ -514,6 +545,8 @@ class EmergencyCore:
             return False
         host = uri.host.strip("[]").lower()
         port = uri.port or 5060
+        if host in self.cluster_names:
+            return True  # the cluster's name, on whatever port its SRV records give
         return (
             host in {self.host.lower(), self.advertised_host.lower()}
             and port == self.port
@@ -1157,6 +1190,8 @@ class EmergencyCore:
             call.record.events.append(
                 f"transport error to {address[0]}:{address[1]}/{address[2]}: {exc}"
             )
+            if self.sip_resolver is not None:  # RFC 3263 4.3: try it last for a while
+                self.sip_resolver.mark_failed(address)
             if call.proxy is not None and request.method == "INVITE":
                 self._run(
                     call,
@@ -1305,6 +1340,20 @@ class EmergencyCore:
         out = Request(request.method, uri, headers, request.body, request.version)
         self.stats["in_dialog_forwarded"] += 1
         self._send(out, (address[0], address[1], address[2]))
+
+
+def _resolve_chain(resolve: Resolver, sip_resolver: SipResolver) -> Resolver:
+    """The deployment's own table first, then RFC 3263 (``firebox.sip.resolve``)."""
+
+    def chained(uri: str) -> Address | None:
+        try:
+            found = resolve(uri)
+        except Exception:  # noqa: BLE001 -- a broken table must not stop resolution
+            log.exception("resolve(%s) failed", uri)
+            found = None
+        return found if found is not None else sip_resolver(uri)
+
+    return chained
 
 
 def _is_emergency(request: Request) -> bool:

@@ -130,6 +130,7 @@ from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, caller_uri, make_response
 from firebox.sip.multipart import build_multipart, make_part, parse_media_type, parse_multipart
+from firebox.sip.resolve import RequestFailover, SipResolver, fails_over
 from firebox.sip.subscription import Notifier, NotifierEvent
 from firebox.sip.transaction import MAGIC_COOKIE
 from firebox.sip.transaction import Send as NotifierSend
@@ -171,6 +172,7 @@ class TimerName(StrEnum):
     AUTO_RELEASE = "auto release"  # a simulated call-taker's talk time is over (key: position)
     PUBLISH = "publish"  # QueueState notifications (rate limit)
     FORGET = "forget"  # drop a finished SIP leg's index entries
+    FAILOVER = "failover"  # our BYE heard nothing: its next target (RFC 3263 4.3)
 
 
 # -- actions beyond the user agent's ---------------------------------------------------------
@@ -359,6 +361,7 @@ class _Call:
     retransmit: float = T1
     bye: Request | None = None
     bye_to: Address | None = None
+    bye_failover: RequestFailover | None = None
     remote_rtp: tuple[str, int] | None = None
     media_port: int | None = None
     # text
@@ -476,7 +479,15 @@ class CallHandlingCore:
         describe: Callable[[Request], Any] | None = None,
         token: Callable[[], str] = lambda: secrets.token_hex(6),
         publish_seconds: float = 1.0,
+        resolver: SipResolver | None = None,
+        failover_seconds: float = 2.0,
     ) -> None:
+        #: RFC 3263 for the first hop of the requests we send along a route set (a cluster
+        #: name): targets in order, the next after ``failover_seconds`` without any answer,
+        #: on a 503, or (``Originate``) on a timeout or transport error. ``None``: the hop's
+        #: own host and port, as before. The adapter may set it after construction.
+        self.resolver = resolver
+        self.failover_seconds = failover_seconds
         self.host = host
         self.port = port
         self.transport = transport.lower()
@@ -508,6 +519,7 @@ class CallHandlingCore:
         self._by_sip: dict[str, _Call] = {}  # by the SIP Call-ID of the caller's leg
         self._text_groups: dict[tuple[str, str], _Call] = {}  # (psap, group) -> open text call
         self._originated: dict[str, _Call] = {}  # Originate key -> call
+        self._failovers: dict[str, tuple[RequestFailover, _Call]] = {}  # Originate key -> targets left
         self._seen_messages: OrderedDict[tuple[str, str, str], Response] = OrderedDict()
         self._sessions = itertools.count(1)
         self._seq = itertools.count(1)
@@ -918,9 +930,18 @@ class CallHandlingCore:
             return []
         if method == "BYE":
             call = self._call_for(response.call_id, response.from_tag)
-            if call is not None and call.leg is Leg.HANGING_UP and response.status >= 200:
+            if call is None or call.leg is not Leg.HANGING_UP:
+                return []
+            failover = call.bye_failover
+            if failover is not None and fails_over(response.status):
+                if failover.advance(now):  # 503: the next target (RFC 3263 4.3)
+                    self.counters["bye_failovers"] += 1
+                    return self._send_bye(call, failover)
+            elif failover is not None:
+                failover.succeeded()
+            if response.status >= 200:
                 return self._ended(call, now)
-            return []
+            return [CancelTimer(call.key, TimerName.FAILOVER)]  # type: ignore[list-item]
         self.counters["stray_responses"] += 1
         return []
 
@@ -1145,6 +1166,11 @@ class CallHandlingCore:
         if name is TimerName.BYE_TIMEOUT and call.leg is Leg.HANGING_UP:
             self.counters["bye_timeouts"] += 1
             return self._ended(call, now)
+        if name is TimerName.FAILOVER and call.leg is Leg.HANGING_UP and call.bye_failover is not None:
+            if call.bye_failover.advance(now):
+                self.counters["bye_failovers"] += 1
+                return self._send_bye(call, call.bye_failover)
+            return []  # the last target: its own timers end it
         if name is TimerName.FORGET and call.leg is Leg.ENDED:
             self._forget_key(call.key)
         return []
@@ -1165,7 +1191,7 @@ class CallHandlingCore:
 
     def _stop_call_timers(self, call: _Call) -> list[Action]:
         names = (TimerName.RETRANSMIT_2XX, TimerName.NO_ACK, TimerName.OVERFLOW, TimerName.NO_ANSWER,
-                 TimerName.RETRANSMIT_BYE, TimerName.BYE_TIMEOUT)  # fmt: skip
+                 TimerName.RETRANSMIT_BYE, TimerName.BYE_TIMEOUT, TimerName.FAILOVER)  # fmt: skip
         return [CancelTimer(call.key, n) for n in names]  # type: ignore[arg-type]
 
     def _name(self, call: _Call) -> None:
@@ -1280,16 +1306,27 @@ class CallHandlingCore:
         """Our BYE (RFC 3261 15.1.1), built from the dialog (12.2.1.1)."""
         assert call.dialog is not None
         try:
-            call.bye, call.bye_to = call.dialog.request("BYE", self._via())
+            bye, bye_to = call.dialog.request("BYE", self._via())
         except (SipParseError, ValueError):
             self.counters["bye_unroutable"] += 1
             return self._ended(call, now)
         call.leg = Leg.HANGING_UP
+        call.bye_failover = RequestFailover.for_request(bye, self.resolver, bye_to, now)
+        return self._send_bye(call, call.bye_failover)
+
+    def _send_bye(self, call: _Call, failover: RequestFailover) -> list[Action]:
+        """Send our BYE to the failover's current target: a new client transaction (Timer E
+        and F start again, RFC 3261 17.1.2.2; RFC 3263 4.3)."""
+        call.bye, call.bye_to = failover.request, failover.destination
         call.retransmit = T1
         actions: list[Action] = [SendRequest(call.bye, call.bye_to)]
         if call.bye_to[2] == "udp":
             actions.append(StartTimer(call.key, TimerName.RETRANSMIT_BYE, T1))  # type: ignore[arg-type]
+        else:
+            actions.append(CancelTimer(call.key, TimerName.RETRANSMIT_BYE))  # type: ignore[arg-type]
         actions.append(StartTimer(call.key, TimerName.BYE_TIMEOUT, 64 * T1))  # type: ignore[arg-type]
+        if failover.has_next:
+            actions.append(StartTimer(call.key, TimerName.FAILOVER, self.failover_seconds))  # type: ignore[arg-type]
         return actions
 
     def _free_position(self, call: _Call, now: float) -> list[Action]:
@@ -1535,6 +1572,11 @@ class CallHandlingCore:
 
     def originated(self, key: str, response: Response, now: float) -> list[Action]:
         """A response to a MESSAGE or transfer INVITE we originated (``Originate``)."""
+        pending = self._failovers.pop(key, None)
+        if pending is not None:
+            if fails_over(response.status) and pending[0].advance(now):
+                return self._originate_failed_over(key, pending, now)
+            pending[0].succeeded()
         call = self._originated.get(key)
         if call is None:
             return []
@@ -1571,6 +1613,9 @@ class CallHandlingCore:
         return self._flush(now, actions)
 
     def originate_failed(self, key: str, now: float) -> list[Action]:
+        pending = self._failovers.pop(key, None)
+        if pending is not None and pending[0].advance(now):
+            return self._originate_failed_over(key, pending, now)
         call = self._originated.pop(key, None)
         if call is None:
             return []
@@ -1582,6 +1627,15 @@ class CallHandlingCore:
             call.transfer.status = "failed"
             self._emit_call(call, now)
         return self._flush(now)
+
+    def _originate_failed_over(self, key: str, pending: tuple[RequestFailover, _Call], now: float) -> list[Action]:
+        """RFC 3263 4.3: after a timeout, a transport error or a 503, the same request in a
+        new transaction (fresh branch) to the next target, under the same key."""
+        failover = pending[0]
+        self.counters["originate_failovers"] += 1
+        if failover.has_next:
+            self._failovers[key] = pending
+        return self._flush(now, [Originate(key, failover.request, failover.destination)])
 
     def _uac_dialog(self, transfer: _Transfer, response: Response) -> Dialog:
         """The UAC side of the transfer's dialog (RFC 3261 12.1.2): the route set is the
@@ -1629,7 +1683,15 @@ class CallHandlingCore:
         except (SipParseError, ValueError):
             return []
         key = f"bye-{next(self._seq)}"
-        return [Originate(key, bye, to)]
+        return [self._originate_over(key, call, bye, to)]
+
+    def _originate_over(self, key: str, call: _Call, request: Request, to: Address) -> Originate:
+        """``Originate`` a request along its route set's first hop, resolved by RFC 3263 when
+        there is a resolver: ``originate_failed`` then tries the next target."""
+        failover = RequestFailover.for_request(request, self.resolver, to)
+        if failover.has_next:
+            self._failovers[key] = (failover, call)
+        return Originate(key, failover.request, failover.destination)
 
     # -- start-up ------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, make_response
 from firebox.sip.multipart import parse_media_type, parse_multipart
+from firebox.sip.resolve import RequestFailover, SipResolver, fails_over
 from firebox.sip.subscription import Notifier, NotifierEvent, SubscriptionStarted
 from firebox.sip.transaction import MAGIC_COOKIE
 from firebox.sip.transaction import Send as NotifierSend
@@ -121,6 +122,7 @@ class TimerName(StrEnum):
     BYE_TIMEOUT = "BYE timeout"  # Timer F
     FORGET = "forget"  # drop the finished call's record
     PUBLISH = "publish"  # notify changed queue states (rate limit)
+    FAILOVER = "failover"  # our BYE heard nothing: the next target (RFC 3263 4.3)
 
 
 # -- actions (what the adapter must do) --------------------------------------------------
@@ -321,6 +323,7 @@ class Call:
     retransmit: float = T1
     bye: Request | None = None
     bye_to: Address | None = None
+    bye_failover: RequestFailover | None = None
     answered_at: float | None = None
     ended_at: float | None = None
 
@@ -345,8 +348,15 @@ class PsapAgentCore:
         token: Callable[[], str] = lambda: secrets.token_hex(6),
         max_queue: int = 20,
         publish_seconds: float = 1.0,
+        resolver: SipResolver | None = None,
+        failover_seconds: float = 2.0,
     ) -> None:
         self.queues = {q.psap_id: q for q in queues}
+        #: RFC 3263 for our BYE's first hop (a cluster name in the route set): the targets in
+        #: order, the next one after ``failover_seconds`` without any answer or on a 503.
+        #: ``None``: the hop's own host and port, as before.
+        self.resolver = resolver
+        self.failover_seconds = failover_seconds
         self.host = host
         self.port = port
         self.transport = transport.lower()
@@ -638,8 +648,17 @@ class PsapAgentCore:
         if method != "BYE" or call is None or call.state is not CallState.HANGING_UP:
             self.stats["stray_responses"] += 1
             return []
-        if response.status < 200 or number != call.dialog.local_seq:
+        if number != call.dialog.local_seq:
             return []
+        failover = call.bye_failover
+        if failover is not None and fails_over(response.status):
+            if failover.advance(now):  # 503: the next target (RFC 3263 4.3)
+                self.stats["bye_failovers"] += 1
+                return self._send_bye(call, failover)
+        elif failover is not None:
+            failover.succeeded()  # it answered
+        if response.status < 200:
+            return [CancelTimer(call.key, TimerName.FAILOVER)]  # it has the BYE: wait for it
         if response.status >= 300:
             self.stats["bye_refused"] += 1  # 481 and the like: the dialog is gone anyway
         return self._end(call, now, by_psap=True)
@@ -676,6 +695,11 @@ class PsapAgentCore:
         if name is TimerName.BYE_TIMEOUT and call.state is CallState.HANGING_UP:
             self.stats["bye_timeouts"] += 1
             return self._end(call, now, by_psap=True)
+        if name is TimerName.FAILOVER and call.state is CallState.HANGING_UP and call.bye_failover is not None:
+            if call.bye_failover.advance(now):
+                self.stats["bye_failovers"] += 1
+                return self._send_bye(call, call.bye_failover)
+            return []  # the last target: its own timers end it
         if name is TimerName.FORGET and call.state in _FINISHED:
             self._forget(call)
         return []
@@ -748,16 +772,27 @@ class PsapAgentCore:
         host = f"[{self.host}]" if ":" in self.host else self.host
         via = f"SIP/2.0/{self.transport.upper()} {host}:{self.port};branch={branch};rport"
         try:
-            call.bye, call.bye_to = call.dialog.request("BYE", via)
+            bye, bye_to = call.dialog.request("BYE", via)
         except (SipParseError, ValueError):
             self.stats["bye_unroutable"] += 1
             return self._end(call, now, by_psap=True)
         call.state = CallState.HANGING_UP
+        call.bye_failover = RequestFailover.for_request(bye, self.resolver, bye_to, now)
+        return self._send_bye(call, call.bye_failover)
+
+    def _send_bye(self, call: Call, failover: RequestFailover) -> list[Action]:
+        """Send the BYE to the failover's current target: a new client transaction (its
+        Timer E and F start again, RFC 3261 17.1.2.2; RFC 3263 4.3)."""
+        call.bye, call.bye_to = failover.request, failover.destination
         call.retransmit = T1
         actions: list[Action] = [SendRequest(call.bye, call.bye_to)]
         if call.bye_to[2] == "udp":
             actions.append(StartTimer(call.key, TimerName.RETRANSMIT_BYE, T1))
+        else:
+            actions.append(CancelTimer(call.key, TimerName.RETRANSMIT_BYE))
         actions.append(StartTimer(call.key, TimerName.BYE_TIMEOUT, 64 * T1))
+        if failover.has_next:
+            actions.append(StartTimer(call.key, TimerName.FAILOVER, self.failover_seconds))
         return actions
 
     def _forget(self, call: Call) -> None:
@@ -787,6 +822,7 @@ _CALL_TIMERS = (
     TimerName.HANGUP,
     TimerName.RETRANSMIT_BYE,
     TimerName.BYE_TIMEOUT,
+    TimerName.FAILOVER,
 )
 
 
@@ -825,6 +861,8 @@ class PsapAgents:
         ring_seconds: float = 0.0,
         hold_seconds: float | None = None,
         advertised_host: str | None = None,
+        resolver: SipResolver | None = None,
+        failover_seconds: float = 2.0,
     ) -> None:
         self._queues = list(queues)
         self.host = host
@@ -836,7 +874,8 @@ class PsapAgents:
         self.server: Any = None
         self.core = PsapAgentCore(
             self._queues, host=self.advertised_host, port=port, transport=self.transports[0],
-            ring_seconds=ring_seconds, hold_seconds=hold_seconds,
+            ring_seconds=ring_seconds, hold_seconds=hold_seconds, resolver=resolver,
+            failover_seconds=failover_seconds,
         )  # fmt: skip
         self._timers: dict[tuple[str, TimerName], asyncio.TimerHandle] = {}
 

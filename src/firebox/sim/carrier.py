@@ -47,6 +47,7 @@ from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, make_response
 from firebox.sip.multipart import build_multipart, make_part
+from firebox.sip.resolve import RequestFailover, SipResolver, fails_over
 from firebox.sip.transaction import MAGIC_COOKIE, build_ack
 
 __all__ = ["CallPlan", "CallResult", "Carrier", "CarrierStats", "IngressRoute", "LocationMode", "Outcome", "RouteList",
@@ -118,6 +119,7 @@ class CarrierStats:
     ended_by_carrier: int = 0
     ended_by_psap: int = 0
     skipped: int = 0  # not placed: the concurrency bound was reached
+    failovers: int = 0  # requests sent again to the next target (RFC 3263 4.3)
     by_location: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     setup_ms: list[float] = field(default_factory=list)
@@ -154,8 +156,19 @@ class Carrier:
         domain: str = "carrier.demo.firebox.test",
         answer_timeout: float = 10.0,
         bye_timeout: float = 8.0,
+        resolver: SipResolver | None = None,
+        ingress_uri: str | None = None,
+        failover_seconds: float = 2.0,
     ) -> None:
         self.ingress = ingress
+        #: RFC 3263 (``firebox.sip.resolve``): with a resolver, calls go to the targets of
+        #: ``ingress_uri`` (a cluster name; ``ingress`` is then only the fallback) and the
+        #: dialog's requests to those of its route set; a target that says nothing within
+        #: ``failover_seconds``, cannot be reached or answers 503 gets the request again, in a
+        #: new transaction, after the next one (4.3). ``None``: ``ingress`` alone, as before.
+        self.resolver = resolver
+        self.ingress_uri = ingress_uri
+        self.failover_seconds = failover_seconds
         self.host = host
         self.domain = domain
         self.answer_timeout = answer_timeout
@@ -245,7 +258,7 @@ class Carrier:
         if self._stopping:
             uac.hang_up.set()
         try:
-            result = await self._call(plan, call_id, uac, ingress or self.ingress, provisional_timeout)
+            result = await self._call(plan, call_id, uac, ingress, provisional_timeout)
         except (OSError, SipParseError, ValueError, RuntimeError) as exc:
             log.info("carrier call %s failed: %s", call_id, exc)
             result = CallResult(Outcome.ERROR)
@@ -271,18 +284,18 @@ class Carrier:
             stats.statuses[result.status] += 1
         return result
 
-    async def _call(
-        self, plan: CallPlan, call_id: str, uac: _Uac, ingress: Address, provisional_timeout: float | None = None
-    ) -> CallResult:
-        tag = secrets.token_hex(6)
-        invite = self.build_invite(plan, call_id, tag)
+    async def _invite(
+        self, invite: Request, ingress: Address, uac: _Uac, deadline: float, heard_within: float | None
+    ) -> tuple[Response | None, bool, bool]:
+        """One INVITE client transaction to ``ingress``: retransmitted on Timer A until a
+        provisional answer (RFC 3261 17.1.1.2), until a final answer or ``deadline``; with
+        ``heard_within`` it gives up when nothing at all came back that soon. Returns the
+        final response (or ``None``), whether a provisional came, whether anything came."""
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
         self.server.send(invite, ingress)
-        deadline = loop.time() + self.answer_timeout
-        heard_by = None if provisional_timeout is None else loop.time() + provisional_timeout
+        heard_by = None if heard_within is None else loop.time() + heard_within
         interval, provisional = T1, False
-        final: Response | None = None
+        branch = invite.branch
         while (remaining := deadline - loop.time()) > 0:
             try:
                 response = await asyncio.wait_for(
@@ -291,18 +304,52 @@ class Carrier:
                 )
             except TimeoutError:
                 if not provisional and heard_by is not None and loop.time() >= heard_by:
-                    return CallResult(Outcome.NO_ANSWER, reason="nothing heard from the ingress")
+                    return None, False, False
                 if not provisional and self.transport == "udp":  # Timer A (17.1.1.2)
                     self.server.send(invite, ingress)
                     interval *= 2
                 continue
-            if response.cseq[1] != "INVITE":
-                continue
+            if response.cseq[1] != "INVITE" or response.branch != branch:
+                continue  # another transaction's (a target given up on)
             if response.status < 200:
                 provisional = True
                 continue
-            final = response
+            return response, provisional, True
+        return None, provisional, provisional
+
+    async def _call(
+        self, plan: CallPlan, call_id: str, uac: _Uac, ingress: Address | None, provisional_timeout: float | None = None
+    ) -> CallResult:
+        tag = secrets.token_hex(6)
+        invite = self.build_invite(plan, call_id, tag)
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        deadline = loop.time() + self.answer_timeout
+        # An ingress given for this call (a route list's) is used as it is.
+        hop = self.ingress_uri if ingress is None and self.resolver is not None else None
+        failover = RequestFailover.for_request(
+            invite, self.resolver if hop else None, ingress or self.ingress, hop=hop
+        )
+        final: Response | None = None
+        while True:  # one INVITE transaction per target (RFC 3263 4.3), bounded by their number
+            invite, ingress = failover.request, failover.destination
+            timeout = provisional_timeout
+            if failover.has_next:
+                timeout = self.failover_seconds if timeout is None else min(timeout, self.failover_seconds)
+            final, provisional, heard = await self._invite(invite, ingress, uac, deadline, timeout)
+            if failover.has_next and loop.time() < deadline and (
+                not heard or (final is not None and fails_over(final.status))
+            ):
+                if final is not None:
+                    self.server.send(build_ack(invite, final), ingress)
+                failover.advance(loop.time())
+                self.stats.failovers += 1
+                continue
+            if heard:
+                failover.succeeded()
             break
+        if final is None and not heard and provisional_timeout is not None:
+            return CallResult(Outcome.NO_ANSWER, reason="nothing heard from the ingress")
         if final is None:
             if provisional:
                 await self._cancel(invite, uac, ingress)
@@ -316,6 +363,9 @@ class Carrier:
         uac.dialog = dialog
         dialog.local_seq = 0  # the ACK of a 2xx carries the INVITE's CSeq number (13.2.2.4)
         ack, ack_to = dialog.request("ACK", self._via())
+        # The ACK of a 2xx has no answer to fail over on: the first live target (4.3).
+        ack_over = RequestFailover.for_request(ack, self.resolver, ack_to)
+        ack, ack_to = ack_over.request, ack_over.destination
         uac.ack = (ack, ack_to)
         self.server.send(ack, ack_to)
         # The call is up: wait for the hold time, the PSAP's BYE, or the end of the run.
@@ -351,18 +401,41 @@ class Carrier:
         """BYE (RFC 3261 15.1.1), retransmitted on Timer E until any final answer (bounded)."""
         bye, to = dialog.request("BYE", self._via())
         loop = asyncio.get_running_loop()
+        failover = RequestFailover.for_request(bye, self.resolver, to, loop.time())
+        bye, to = failover.request, failover.destination
         deadline = loop.time() + self.bye_timeout
+        fail_at = loop.time() + self.failover_seconds if failover.has_next else deadline
         interval = T1
         self.server.send(bye, to)
         while (remaining := deadline - loop.time()) > 0:
             try:
-                response = await asyncio.wait_for(uac.responses.get(), min(interval, remaining))
+                response = await asyncio.wait_for(
+                    uac.responses.get(), max(0.01, min(interval, remaining, fail_at - loop.time()))
+                )
             except TimeoutError:
-                if self.transport == "udp":
+                if loop.time() >= fail_at and failover.advance(loop.time()):
+                    # RFC 3263 4.3: nothing heard: the same BYE, a new transaction, the next target
+                    self.stats.failovers += 1
+                    bye, to = failover.request, failover.destination
+                    fail_at = loop.time() + self.failover_seconds if failover.has_next else deadline
+                    interval = T1
+                    self.server.send(bye, to)
+                elif self.transport == "udp":
                     self.server.send(bye, to)
                     interval = min(2 * interval, T2)
                 continue
-            if response.cseq[1] == "BYE" and response.status >= 200:
+            if response.cseq[1] != "BYE" or response.branch != bye.branch:
+                continue
+            if fails_over(response.status) and failover.advance(loop.time()):
+                self.stats.failovers += 1
+                bye, to = failover.request, failover.destination
+                fail_at = loop.time() + self.failover_seconds if failover.has_next else deadline
+                interval = T1
+                self.server.send(bye, to)
+                continue
+            failover.succeeded()
+            fail_at = deadline  # it has the BYE
+            if response.status >= 200:
                 return
         log.info("carrier: no answer to BYE of %s", dialog.call_id)
 

@@ -498,9 +498,12 @@ class RequestFailover:
         fallback: Address,
         now: float | None = None,
         *,
+        hop: str | None = None,
         branch_factory: Callable[[], str] = _new_branch,
     ) -> RequestFailover:
-        targets = resolver.targets(first_hop(request), now) if resolver is not None else []
+        """``hop``: the URI to resolve when it is not the request's own first hop (an
+        outbound proxy, such as a carrier's ingress)."""
+        targets = resolver.targets(hop or first_hop(request), now) if resolver is not None else []
         if not targets:
             return cls(request, [_as_target(fallback)], resolver, branch_factory=branch_factory)
         first = targets[0]
