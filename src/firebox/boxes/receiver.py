@@ -42,6 +42,7 @@ from firebox.boxes.telegraph import (
 )
 from firebox.cad.model import IncidentStatus
 from firebox.cad.service import Cad
+from firebox.location.shapes import Point
 
 __all__ = ["BoxOutcome", "BoxReceiver", "PulseListener", "receiver_routes"]
 
@@ -123,12 +124,37 @@ class BoxReceiver:
 
     # --- incidents -----------------------------------------------------------------------
 
-    def alarm(self, number: str, *, source: str = "box") -> BoxOutcome:
-        """A modern box (or a box office operator) reports box ``number`` directly."""
+    def alarm(self, number: str, *, source: str = "box", point: Point | None = None, unknown_incident: bool = False,
+              note: str | None = None) -> BoxOutcome:  # fmt: skip
+        """A modern box (or a box office operator) reports box ``number`` directly.
+
+        ``unknown_incident``: a box not in the registry is flagged *and* becomes an incident
+        at the best location known (``point``, the box's own report, else none), marked not
+        validated: a digitally addressed box that is missing from the table is a gap in the
+        table, not a reason to send nobody. ``note`` goes into the incident's narrative."""
         registered = self.cad.boxes.get(number) and number or self._registry_number(
             "".join(c for c in number if c.isdigit())
         )
-        return self._alarm(registered, number, None, f"reported by {source}")
+        how = f"reported by {source}" + (f"; {note}" if note else "")
+        if registered is None and unknown_incident:
+            flag = self._flag(number, None, f"box {number} is not in the box registry ({how}); incident made")
+            now = self.clock()
+            open_incident = self._open_incident_for(number, now)
+            if open_incident is not None:
+                self.cad.add_narrative(open_incident, f"box {number} sounded again ({how})", at=now, actor=source)
+                outcome = BoxOutcome("repeat", number, how, now, None, open_incident)
+            else:
+                incident = self.cad.incident_from_box(number, at=now, actor=source, unknown_point=point, unknown_ok=True)
+                if note:
+                    self.cad.add_narrative(incident.id, note, at=now, actor=source)
+                outcome = BoxOutcome("incident", number, f"{how}; box not in the registry", now, None, incident.id)
+            log.warning("box %s (not in the registry): %s, incident %s", number, outcome.kind, outcome.incident_id or flag.detail)
+            self.outcomes.append(outcome)
+            return outcome
+        outcome = self._alarm(registered, number, None, how)
+        if note and outcome.kind == "incident" and outcome.incident_id:
+            self.cad.add_narrative(outcome.incident_id, note, at=outcome.at, actor=source)
+        return outcome
 
     def _alarm(self, number: str | None, read: str, circuit: str | None, how: str) -> BoxOutcome:
         now = self.clock()

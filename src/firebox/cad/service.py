@@ -188,10 +188,20 @@ class Cad:
         actor: str = "fire alarm telegraph",
         subtype: IncidentSubtype = IncidentSubtype.ALARM_BOX,
         priority: int = 2,
+        unknown_ok: bool = False,
+        unknown_point: Point | None = None,
     ) -> Incident:
-        """An incident from a street fire alarm box: the box's location from the box table."""
+        """An incident from a street fire alarm box: the box's location from the box table.
+        A box not in the table raises ``NotFound``, unless ``unknown_ok``: then the incident
+        is made at ``unknown_point`` (what the box itself reported, if anything), marked not
+        validated."""
         number = str(box).strip()
         entry = self.boxes.get(number)
+        if entry is None and unknown_ok:
+            location = Location(point=unknown_point, description=f"box {number}: not in the box table",
+                                validated=False, method="box report" if unknown_point else "none")  # fmt: skip
+            return self._create(at, actor, IncidentType.FIRE, subtype, priority, location,
+                                Source(SourceKind.ALARM_BOX, box=number), None)  # fmt: skip
         if entry is None:
             raise NotFound(f"no fire alarm box {number!r} in the box table ({len(self.boxes)} boxes)")
         location = Location(
