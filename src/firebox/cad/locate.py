@@ -218,7 +218,7 @@ class LocationSearch:
                 c = CivicAddress(HNO=civic.HNO, HNS=civic.HNS, RD=label, A3=town, A1=civic.A1)
                 streets.append(self.check(c, now, kind=CandidateKind.STREET).candidate)
             streets.sort(key=lambda c: not c.validated)
-        marks = self._landmarks(text, limit)
+        marks = self._landmarks(text, limit, now)
         out = exact + marks + streets
         if typed is not None and not typed.validated and (typed.civic and typed.civic.HNO or not out):
             out.append(typed)  # as typed, unvalidated: still a choice
@@ -279,13 +279,12 @@ class LocationSearch:
             return None
         return Candidate(lm.name, CandidateKind.LANDMARK, lm.point, True, serving=tuple(self.serving(lm.point, now)), landmark=lm.ref)
 
-    def _landmarks(self, text: str, limit: int) -> list[Candidate]:
+    def _landmarks(self, text: str, limit: int, now: datetime) -> list[Candidate]:
         words = clean(text).split()
         if words and words[0] in ("BOX", "STATION"):
             words = words[1:] or words
         found = [lm for lm in self.landmarks.values() if all(w in lm.words or any(x.startswith(w) for x in lm.words) for w in words)]
         found.sort(key=lambda lm: (lm.kind != "box", lm.name))
-        now = datetime.now().astimezone()
         return [c for lm in found[:limit] if (c := self.landmark(lm.ref, now)) is not None]
 
     def _completions(self, civic: CivicAddress, limit: int) -> list[tuple[str, str, str]]:
