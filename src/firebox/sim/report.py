@@ -12,6 +12,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from firebox.sim.public import public_rows
+
 __all__ = ["render_html", "timeline_png"]
 
 _COLOURS = {"suspected": "#f5c542", "confirmed": "#e0533d"}
@@ -86,6 +88,7 @@ def render_html(result: dict[str, Any]) -> str:
             ("on the callback worklist", counts["worklist"]), ("lost", counts["lost"]),
             ("time to detect", _fmt(result["detect_s"])), ("time to reroute", _fmt(result["reroute_s"])),
             ("time to notify", _fmt(result["notify_s"]))]  # fmt: skip
+    rows += public_rows(result)
     figures = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
     criteria = "".join(f"<li>{e(k)}: <b>{'met' if ok else 'NOT met'}</b></li>" for k, ok in result["criteria"].items())
     t0 = result["started"]
