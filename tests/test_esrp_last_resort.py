@@ -26,6 +26,7 @@ from firebox.esrp.policy import (
     decide,
 )
 from firebox.esrp.states import Availability, QueueState, QueueStateValue, StateTable
+from test_esrp_router import demo  # noqa: F401 -- the fixture
 
 NY = ZoneInfo("America/New_York")
 GW = "pstn-gw.state911.test"
@@ -161,3 +162,28 @@ def test_catch_all_still_ends_the_list_after_unusable_lines() -> None:
     decision = decide(CALL, CAMBRIDGE, StateTable(), RuleSet(), c, DAY, RegistryLastResort(registry(), GW, lambda: health))
     assert decision.destinations[-1].uri == catch_all
     assert decision.destinations[-2].uri == uri(CAMBRIDGE_LINE)
+
+
+async def test_the_router_ends_a_demo_call_on_the_registry_lines(demo):
+    """The router on the demo state asks the registry (built from the deployment) for each
+    visited PSAP's lines at the call's time: the intended PSAP's line, its gateway route
+    down, goes after its alternates' lines."""
+    from test_esrp_router import NOW as ROUTER_NOW
+    from test_esrp_router import _invite, _presence, _router, _town_point
+
+    state, node = demo
+    point, psap_uri = _town_point(state, 9)
+    router = _router(node)
+    plain = await router.route(_invite("cid:loc@carrier", _presence(point)), ROUTER_NOW)
+    intended = plain.decision.destinations[0].psap_id
+    static = [d.uri for d in plain.decision.destinations if d.kind is DestinationKind.BUSINESS_LINE]
+    assert static[0] == router.chains[intended].business_line and plain.decision.destinations[0].uri == psap_uri
+
+    registry = BusinessLineRegistry.from_deployment(node.deployment)
+    number = next(line.number for line in registry.for_owner(intended))
+    router.last_resort = RegistryLastResort(registry, "pstn-gw.demo.firebox.test", lambda: {number: LineHealth.DOWN})
+    routed = await router.route(_invite("cid:loc@carrier", _presence(point)), ROUTER_NOW)
+    lines_now = [d.uri for d in routed.decision.destinations if d.kind is DestinationKind.BUSINESS_LINE]
+    assert sorted(lines_now) == sorted(static)  # the same lines, none lost
+    assert lines_now[-1] == router.chains[intended].business_line and lines_now[0] != lines_now[-1]
+    assert any("gateway route is down" in line for line in routed.log)
