@@ -290,3 +290,16 @@ def test_area_model_names_bad_configuration(demo):
         AlertArea("X", {"t": AlertTown("t", "T", town.geometry, "psap-x")}, {})
     with pytest.raises(ValueError, match="sender must be"):
         AlertPolicy(sender="a b")
+
+
+def test_an_ingress_outage_is_drafted_for_a_person_never_sent_by_policy(demo):
+    """An ingress (the detector's ``ingress <name>``) is one of several ways in: any caller's
+    carrier may use it, so every town is in the draft, but it is not a statewide picture and
+    the statewide policy does not send it; it ends with its outage."""
+    state, area = demo
+    m = AlertManager(area, AlertPolicy(sender=SENDER, auto_send_statewide=True))
+    (d,) = m.on_outages([outage("i1", "element", "ingress carrier-edge-a")], T0)
+    assert len(d.towns) == len(state.towns) and not d.statewide
+    assert d.state is DraftState.DRAFT and m.take_outbox() == []
+    assert m.on_outages([outage("i1", "element", "ingress carrier-edge-a", "cleared")], T0 + 30) == []
+    assert d.state is DraftState.WITHDRAWN

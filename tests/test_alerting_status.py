@@ -92,6 +92,11 @@ def test_region_and_statewide_outages(state: DemoState) -> None:
     assert mapped.towns_with(TownStatus.DOWN) == sorted(state.psap("psap-01").towns)
     board.apply_outage(outage("element-4", OutageScope.ELEMENT, "esrp.demo", OutageState.SUSPECTED, T0), T0)
     assert len(board.towns_with(TownStatus.DEGRADED)) == 60
+    # An ingress tied to no PSAP is one of several ways in: confirmed, every town is degraded
+    # (some calls fail until the carrier moves), not down.
+    board.apply_outage(outage("element-4", OutageScope.ELEMENT, "esrp.demo", OutageState.CLEARED, T0, T0 + 2), T0 + 2)
+    board.apply_outage(outage("element-5", OutageScope.ELEMENT, "ingress edge-a", OutageState.CONFIRMED, T0 + 3), T0 + 3)
+    assert len(board.towns_with(TownStatus.DEGRADED)) == 60 and board.towns_with(TownStatus.DOWN) == []
 
 
 def test_diverted_psap_is_degraded_and_bad_input_is_named(state: DemoState) -> None:

@@ -146,6 +146,9 @@ def demo(
 
     # The demo starts through the same loader as `firebox serve`, from the files just written.
     node = build_node(load_deployment(deployment_file), console=console)
+    from firebox.web.demo import install_demo_controls
+
+    install_demo_controls(node)  # "break something" buttons: only `firebox demo` mounts them
     attach_callers(node, sample_callers(state, DEMO_CALLERS, seed=seed))
     run_node(node, console=console, duration=duration, caller_rate=rate)
 

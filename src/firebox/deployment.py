@@ -376,6 +376,17 @@ class BoxFieldsConfig(_Model):
     assignment: str | None = "RESPONDARE"
 
 
+class BoxMqttConfig(_Model):
+    """Modern fire alarm boxes over MQTT (``firebox.boxes.mqtt``): the broker, the topic
+    filter the boxes publish under, and an optional HMAC key file their messages are signed
+    with (an unsigned or badly signed alarm still dispatches, marked unverified)."""
+
+    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtt://")
+    topic: str = Field(default="firebox/boxes/#", min_length=1)
+    client_id: str | None = None
+    hmac_key_file: Path | None = None
+
+
 class CadConfig(_Model):
     """The CAD (``firebox.cad``): incidents from calls, fire alarm boxes and walk-ins; units
     and dispatch. ``store`` a SQLite file (relative to this file); ``boxes`` the box
@@ -393,6 +404,7 @@ class CadConfig(_Model):
     stations: Path | None = None
     box_pulses_listen: Listen | None = None
     box_period_seconds: float = Field(default=0.3, gt=0, le=5)
+    box_mqtt: BoxMqttConfig | None = None
 
 
 class ConsoleUserConfig(_Model):

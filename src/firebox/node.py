@@ -115,6 +115,11 @@ class Node:
     #: the console application (``elements.console``).
     cad: Any = None
     box_receiver: Any = None
+    #: Walk-ins' i3 log events (the CAD's logger's sender) and the boxes' MQTT input.
+    cad_log_sender: Any = None
+    box_mqtt: Any = None
+    #: Each PSAP's and agency's 10-digit lines (the ESRP's last resort, the status page).
+    business_lines: Any = None
     #: The monitor (``elements.monitor``): started with the SIP elements.
     monitor: Any = None
     box_listener: Any = None
@@ -128,6 +133,8 @@ class Node:
     line_checker: Any = None
     #: Public alerting (``elements.alerting``): the CAP alert service.
     alerts: Any = None
+    #: The demo page's "break something" controls (``firebox demo`` only).
+    demo_faults: Any = None
     #: Background tasks of the running node (callback worklist delivery), cancelled at stop.
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     #: What the run's i3 logging did, for the summary: events logged (by element), rejected,
@@ -290,9 +297,11 @@ def _apps(node: Node) -> dict[str, Any]:
     if els.console is not None and node.cad is not None:
         from starlette.routing import Mount
 
+        from firebox.alerting.http import AlertDesk
         from firebox.console.app import console_app
         from firebox.console.audit import ConsoleAudit
         from firebox.console.auth import load_users
+        from firebox.console.resilience import resilience_source
         from firebox.web.page import towns_geojson
 
         cfg_console = els.console
@@ -305,6 +314,8 @@ def _apps(node: Node) -> dict[str, Any]:
             gis=lambda: node.towns_geojson or towns_geojson(node),
             session_secret=secret,
             cad_poll_s=cfg_console.cad_poll_seconds,
+            resilience=resilience_source(node),
+            alerts=AlertDesk(lambda: node.alerts) if els.alerting is not None else None,
         )  # the call handling element is attached once start_sip has started it
         routes.setdefault(cfg_console.listen, []).append(Mount(cfg_console.path, app=node.console_app))
     at_root: dict[str, Any] = {}
@@ -351,12 +362,16 @@ def _build_cad(node: Node) -> None:
         if cfg.boxes is not None else {}
     )  # fmt: skip
     stations = load_stations_geojson(dep.resolve(cfg.stations)) if cfg.stations is not None else []
+    from firebox.cad.locate import LocationSearch, landmarks_from
+
     cad = Cad(
         SqliteRepository(_store_url(dep, cfg.store)),
         fqdn=cfg.fqdn or _source(dep, "cad"),
         geocoder=LvfGeocoder(node.lvf) if node.lvf is not None else None,
         boxes=boxes,
         stations={s.id: Point(lat=s.lat, lon=s.lon) for s in stations},
+        # Walk-ins: the console's location search validates through the LVF/ECRF (LoST).
+        locator=LocationSearch(node.lvf, node.ecrf, landmarks=landmarks_from(boxes, stations)),
     )
     if stations and not cad.units():
         cad.add_units(units_from_stations(stations), datetime.now(UTC), "firebox (deployment)")
@@ -367,8 +382,29 @@ def _build_cad(node: Node) -> None:
 async def start_boxes(node: Node, console: Console | None = None) -> None:
     """The telegraph interface (``elements.cad.box_pulses_listen``): started before the SIP
     elements and independent of them, so box alarms reach the CAD while SIP is down."""
-    cfg = node.deployment.elements.cad
-    if cfg is None or cfg.box_pulses_listen is None or node.box_receiver is None:
+    dep = node.deployment
+    cfg = dep.elements.cad
+    if cfg is None or node.box_receiver is None:
+        return
+    if dep.elements.log_events is not None and node.cad is not None and node.cad_log_sender is None:
+        from firebox.cad.logevents import CadLogger
+
+        # Walk-ins are logged like calls (i3 log events to the Logging Services).
+        node.cad_log_sender = _log_sender(node, "cad")
+        node.cad.log = CadLogger(node.cad_log_sender, element_id=node.cad.fqdn, agency_id=dep.authority.domain)
+    if cfg.box_mqtt is not None and node.box_mqtt is None:
+        from firebox.boxes.mqtt import MqttBoxInput
+
+        m = cfg.box_mqtt
+        key = dep.resolve(m.hmac_key_file).read_bytes().strip() if m.hmac_key_file else None
+        node.box_mqtt = MqttBoxInput(
+            node.box_receiver, url=m.url, topic=m.topic, hmac_key=key,
+            client_id=m.client_id or f"firebox-boxes-{_source(dep, 'cad')}",
+        )  # fmt: skip
+        node.box_mqtt.start()
+        if console is not None:
+            console.print(f"[green]fire alarm boxes over MQTT[/green]: {m.url} topic {m.topic}")
+    if cfg.box_pulses_listen is None:
         return
     from firebox.boxes.receiver import PulseListener
 
@@ -410,7 +446,9 @@ def _start_watches(node: Node) -> None:
 
     def options(cfg: Any) -> dict[str, Any]:
         return {"owner": cfg.owner, "trust": _certificates(dep, cfg.trust),
-                "allow_unsigned": cfg.allow_unsigned, "interval": cfg.interval_seconds}  # fmt: skip
+                "allow_unsigned": cfg.allow_unsigned, "interval": cfg.interval_seconds,
+                # Every install is a configuration change the detector can name as a cause.
+                "on_install": lambda cid: node.monitor.config_change(cid) if node.monitor is not None else None}  # fmt: skip
 
     if esrp is not None and esrp.policy is not None:
         node.watches.append(watch_esrp(core.router, esrp.policy.url, esrp.policy.policy_id, **options(esrp.policy)))
@@ -572,6 +610,17 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
     if node.call_handling is not None:
         node.call_handling.http = http  # location and additional data by reference
     chains = chains_from_deployment(dep, esrp.pstn_gateway, default_psap=esrp.default_psap)
+    from firebox.alerting.businesslines import BusinessLineRegistry, RegistryLastResort
+
+    sp = els.status_page
+    node.business_lines = BusinessLineRegistry.from_deployment(
+        dep, dep.resolve(sp.business_lines) if sp is not None and sp.business_lines else None
+    )
+    # The last resort: the registry's lines answered now, over a gateway route that is up.
+    last_resort = RegistryLastResort(
+        node.business_lines, esrp.pstn_gateway,
+        lambda: node.line_checker.check.healths() if node.line_checker is not None else {},
+    )  # fmt: skip
     router = Router(
         fqdn=f"esrp.{domain}",
         lost=lost,
@@ -585,6 +634,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         http=http,
         held_timeout=esrp.held_timeout_seconds,
         lost_timeout=esrp.lost_timeout_seconds,
+        last_resort=last_resort,
     )
     call_log = None
     if els.log_events is not None:
@@ -703,6 +753,12 @@ def _start_changes(node: Node, console: Console | None) -> None:
         ingress_sources={f"bcf.{domain}": probe_source},
     )  # fmt: skip
     node.changes.start(interval=cfg.guard_period_seconds)
+    # One path for rule changes: a Policy Store version goes through the change system too
+    # (the invariant, the guard; deferred while a canary runs).
+    for watch in node.watches:
+        kind = next((k for k, pid in targets.items() if pid == watch.policy_id), None)
+        if kind is not None:
+            watch.gate = node.changes.gate(kind)
     if console is not None:
         console.print("[green]rule changes[/green]: /changes (firebox change ...); every change checked against the 911 invariant")
 
@@ -716,7 +772,9 @@ async def _start_status_page(node: Node, console: Console | None) -> None:
     from firebox.alerting.businesslines import BusinessLineRegistry, GatewayCheck, GatewayChecker
 
     dep = node.deployment
-    registry = BusinessLineRegistry.from_deployment(dep, dep.resolve(cfg.business_lines) if cfg.business_lines else None)
+    registry = node.business_lines or BusinessLineRegistry.from_deployment(
+        dep, dep.resolve(cfg.business_lines) if cfg.business_lines else None
+    )
     board = _status_board(node, registry)
     for outage in node.monitor.detector.outages():
         board.apply_outage(outage.as_dict(), time.time())
@@ -990,6 +1048,8 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
 
 
 async def stop_sip(node: Node) -> None:
+    if node.demo_faults is not None:
+        node.demo_faults.close()
     if node.alerts is not None:
         await node.alerts.aclose()
     if node.changes is not None:
@@ -1015,6 +1075,9 @@ async def stop_sip(node: Node) -> None:
         await node.core.close()  # spools what its call logger still holds
     if node.agents is not None:
         await node.agents.close()
+    if node.box_mqtt is not None:
+        await node.box_mqtt.aclose()
+        node.box_mqtt = None
     await _stop_log_senders(node)
 
 
@@ -1025,7 +1088,8 @@ async def _stop_log_senders(node: Node) -> None:
     call_log = node.core.call_log if node.core is not None else None
     senders = [(name, logger, sender) for name, logger, sender in (
         ("ESRP", call_log, node.log_sender), ("ECRF", node.ecrf_log, node.ecrf_log_sender),
-        ("PSAP call handling", node.psap_log, node.psap_log_sender)) if sender is not None]  # fmt: skip
+        ("PSAP call handling", node.psap_log, node.psap_log_sender),
+        ("CAD", node.cad.log if node.cad is not None else None, node.cad_log_sender)) if sender is not None]  # fmt: skip
     if not senders:
         return
     logged = node.log_figures.setdefault("logged", {})
@@ -1049,6 +1113,9 @@ async def _stop_log_senders(node: Node) -> None:
         await sender.aclose()
     node.log_sender = node.ecrf_log_sender = node.ecrf_log = None
     node.psap_log = node.psap_log_sender = None
+    if node.cad is not None:
+        node.cad.log = None
+    node.cad_log_sender = None
     node.log_figures["delivered"] = all(f["delivered"] for f in services.values())
 
 

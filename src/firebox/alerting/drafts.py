@@ -3,8 +3,10 @@ in, CAP 1.2 drafts out, through an approval workflow. Time is an argument everyw
 
 What the public is told follows one *picture*: the PSAPs whose callers cannot reach 9-1-1,
 from the confirmed outages that affect the public (scope ``psap``, ``region``, ``statewide``;
-``element`` only when the element serves every PSAP: a lesser element outage is handled by
-rerouting and never reaches the public). The outages are fed in batches
+``element`` when the element serves every PSAP; an ingress (the detector's element key
+``ingress <name>``) affects every PSAP *partly*: some callers' calls fail until their carrier
+moves to another way in, so a draft is made for a person to judge, never sent at once by
+policy; any other element outage is handled by rerouting and never reaches the public). The outages are fed in batches
 (``on_outages(updates, now)``, one ``Detector.evaluate`` at a time), so that a statewide
 outage that clears while a regional one opens reads as a narrowing, not an all-clear and a
 new alert.
@@ -93,6 +95,8 @@ __all__ = [
 
 #: The SAME event code of a 9-1-1 outage: "911 Telephone Outage Emergency" (47 CFR 11.31).
 SAME_911_OUTAGE: Final = "TOE"
+#: The detector's key for an ingress's element outage: ``ingress <name>``.
+INGRESS_PREFIX: Final = "ingress "
 POLICY_USER: Final = "policy:auto_send_statewide"
 SYSTEM_USER: Final = "firebox"
 
@@ -176,8 +180,16 @@ class AlertArea:
         if scope == "statewide":
             return everyone
         if scope == "element":
+            if self.partial(outage):
+                return everyone  # any caller's carrier may come in that way
             return everyone if self.elements.get(key, frozenset()) >= everyone else frozenset()
         return frozenset()
+
+    @staticmethod
+    def partial(outage: Mapping[str, Any]) -> bool:
+        """True for an outage that cuts off only some of its PSAPs' callers: an ingress
+        (``firebox.monitor.detector`` keys them ``ingress <name>``), one of several ways in."""
+        return outage.get("scope") == "element" and str(outage.get("key")).startswith(INGRESS_PREFIX)
 
     def towns_of(self, psaps: Iterable[str]) -> list[AlertTown]:
         wanted = set(psaps)
@@ -627,6 +639,7 @@ class AlertManager:
 
     def _picture(self) -> tuple[frozenset[str], bool, tuple[str, ...]]:
         psaps: set[str] = set()
+        whole: set[str] = set()  # PSAPs whose every caller is cut off
         ids = []
         for oid, o in sorted(self.outages.items()):
             if o.get("state") != "confirmed":
@@ -634,8 +647,12 @@ class AlertManager:
             affected = self.area.psaps_affected(o)
             if affected:
                 psaps |= affected
+                if not self.area.partial(o):
+                    whole |= affected
                 ids.append(oid)
-        statewide = bool(psaps) and psaps >= set(self.area.psaps)
+        # "Statewide" (sent at once by policy) only when every PSAP is wholly cut off; a
+        # partial picture over the whole state waits for a person.
+        statewide = bool(whole) and whole >= set(self.area.psaps)
         return frozenset(psaps), statewide, tuple(ids)
 
     def _pending(self) -> AlertDraft | None:

@@ -7,8 +7,11 @@ Inputs (each with ``now``, a POSIX time; no clock inside):
 * outages as ``firebox.monitor.detector.Outage.as_dict()`` gives them (``apply_outage``):
   scope ``psap`` (its towns), ``region`` (the towns of every PSAP of it), ``statewide``
   (every town), ``element`` (the PSAPs ``element_psaps`` names for it, else every town:
-  a failing ingress or ESRP can reach any caller). ``confirmed`` is *down*, ``suspected``
-  *degraded*, ``cleared`` ends it.
+  a failing ingress can reach any caller). ``confirmed`` is *down*, ``suspected``
+  *degraded*, ``cleared`` ends it. An ingress's outage (key ``ingress <name>``) that
+  ``element_psaps`` does not tie to PSAPs (one of several ways in, which carriers leave for
+  another) makes every town *degraded* at worst:
+  some calls may fail until the carrier moves, not every call.
 * a PSAP whose calls its alternates take (``set_diverted``: a divert, a full queue) is
   *degraded* for its towns: 911 answers, farther away, perhaps later.
 * business-line health from the gateway check (``set_line_health``) and the hours of lines
@@ -234,7 +237,11 @@ class StatusBoard:
                 start = _parse_time(outage.get("start"))
             except ValueError:
                 raise ValueError(f"outage {oid}: start '{outage.get('start')}' is not an ISO 8601 time") from None
-            self._open[oid] = _Open(oid, scope, str(outage["key"]), OUTAGE_STATUS[state],
+            status = OUTAGE_STATUS[state]
+            key = str(outage["key"])
+            if scope == "element" and key.startswith("ingress ") and key not in self.element_psaps:
+                status = min(status, TownStatus.DEGRADED)
+            self._open[oid] = _Open(oid, scope, str(outage["key"]), status,
                                     now if start is None else start, str(outage.get("cause") or ""))  # fmt: skip
         else:
             raise ValueError(f"outage {oid}: state '{state}' is not suspected, confirmed or cleared")
