@@ -110,3 +110,31 @@ def test_memory_store_and_open_alert_store(area: AlertArea):
     m.approve(d.id, "carol", T0 + 5)
     (kept,) = store.drafts()
     assert kept.state is DraftState.APPROVED and kept.approvals == ["carol"]
+
+
+async def test_a_message_goes_out_once_from_two_nodes(area: AlertArea, pg_url: str):  # noqa: F811
+    """Both nodes publish an approved draft (each has it in its own feed); the outside
+    channels (webhook, IPAWS) get it from the node that claimed it, once."""
+    from firebox.alerting.publish import AlertService, AtomFeed
+
+    policy = AlertPolicy(sender=SENDER, auto_send_statewide=True)
+    a = AlertManager(area, policy, store=open_alert_store(pg_url), node="node-a")
+    b = AlertManager(area, policy, store=open_alert_store(pg_url), node="node-b")
+    sent: list[str] = []
+
+    class Hook:
+        async def publish(self, ident, xml):
+            from firebox.alerting.publish import Delivery
+
+            sent.append(ident)
+            return Delivery("webhook", ident, True, "200")
+
+    services = [AlertService(m, AtomFeed("tag:x,2026:a", "t", "x", "http://x/alerts"), webhooks=[Hook()])
+                for m in (a, b)]  # fmt: skip
+    (da,) = a.on_outages([outage("s1", "statewide", "all")], T0)
+    (db,) = b.on_outages([outage("s1", "statewide", "all")], T0 + 1)
+    assert da.id == db.id
+    for svc, draft in zip(services, (da, db), strict=True):
+        await svc._publish(draft)
+    assert sent == [da.id]
+    assert all(any(e.identifier == da.id for e in svc.feed.entries) for svc in services)

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import httpx
 from lxml import etree
 
-from firebox.alerting.drafts import AlertDraft, AlertManager
+from firebox.alerting.drafts import AlertDraft, AlertManager, ApprovalError
 from firebox.logging.events import LogEvent
 from firebox.logging.queue import EventSink
 from firebox.xmlsafe import parse_xml
@@ -316,6 +316,17 @@ class AlertService:
         now = self.clock()
         self.feed.add(draft, now)
         deliveries = [Delivery("atom", draft.id, True, "in the feed")]
+        store, node = getattr(self.manager, "store", None), getattr(self.manager, "node", None)
+        if store is not None and node is not None and not store.claim_publication(draft.id, node, now):
+            # Another node of the cluster sends this message to the outside channels: the
+            # public gets it once; every node's own feed carries it.
+            deliveries.append(Delivery("cluster", draft.id, True, "sent by another node"))
+            try:
+                self.manager.sent(draft.id, now, "atom: ok in the feed; webhooks and IPAWS by another node")
+            except ApprovalError:
+                pass  # the sending node recorded it first
+            self.deliveries += deliveries
+            return deliveries
         for hook in self.webhooks:
             deliveries.append(await hook.publish(draft.id, draft.xml))
         if self.ipaws is not None:
