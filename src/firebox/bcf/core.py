@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from firebox.bcf.conditions import BcfCondition, IdHealth, TdosConfig, TdosGuard
 from firebox.bcf.marking import CallKind, Marked, mark, recognize
 from firebox.bcf.protection import Action, BadActors, BcfRules, RateLimit, RateTracker, Verdict, decide
 from firebox.logging.events import new_call_id, new_incident_id
@@ -21,6 +22,20 @@ from firebox.sip import Request, Response, caller_uri, make_response
 
 #: The esnet priority a deprioritized emergency call keeps (RFC 7135: lowest).
 DEPRIORITIZED = "esnet.0"
+#: New calls (what the aggregate TDoS view counts).
+NEW_CALL_METHODS = frozenset({"INVITE", "MESSAGE"})
+#: The verification status an upstream STIR/SHAKEN verifier writes in the caller's
+#: identity (3GPP TS 24.229 7.2A.20, ``verstat``) when the number's attestation verified.
+VERSTAT_PASSED = "verstat=tn-validation-passed"
+
+
+def attested(request: Request) -> bool:
+    """Whether an upstream verifier says the caller's number passed STIR/SHAKEN
+    verification (``verstat=TN-Validation-Passed`` in P-Asserted-Identity or From)."""
+    for name in ("P-Asserted-Identity", "From"):
+        if any(VERSTAT_PASSED in value.lower().replace(" ", "") for value in request.headers.get_all(name)):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +61,8 @@ class Outcome:
     callback: CallbackRecord | None = None
     verdict: Verdict | None = None
     log: list[str] = field(default_factory=list)
+    #: Treated as suspect by the TDoS guard (unvetted source during an attack).
+    suspect: bool = False
 
 
 class Bcf:
@@ -64,6 +81,7 @@ class Bcf:
         retry_after: int = 30,
         call_id_factory: Callable[[str], str] = new_call_id,
         incident_id_factory: Callable[[str], str] = new_incident_id,
+        tdos: TdosConfig | None = None,
     ):
         self.fqdn = fqdn
         self._networks = [
@@ -76,6 +94,29 @@ class Bcf:
         self.retry_after = retry_after
         self._call_id = call_id_factory
         self._incident_id = incident_id_factory
+        #: The aggregate view for TDoS (``conditions.TdosGuard``) and the identifier
+        #: allocator's health (``conditions.IdHealth``): the element conditions it raises.
+        self.tdos = TdosGuard(fqdn, tdos)
+        self.ids = IdHealth(fqdn)
+
+    def on_condition(self, listener: Callable[[BcfCondition], None]) -> None:
+        """Call ``listener`` with every element condition change (TDoS, identifiers), in
+        the step that decided it (``Monitor.condition`` is one)."""
+        self.tdos.listeners.append(listener)
+        self.ids.listeners.append(listener)
+
+    def conditions(self) -> list[BcfCondition]:
+        """The conditions active now."""
+        return [c for c in (self.tdos.active, self.ids.active) if c is not None]
+
+    def tick(self, now: float) -> None:
+        """Judge the conditions without a new call (an attack ends in silence). ``now`` on
+        the clock ``process`` is given."""
+        self.tdos.tick(now)
+
+    def vetted(self, source_id: str, request: Request) -> bool:
+        """A call from a known carrier, or whose number passed attestation upstream."""
+        return source_id in self.bad_actors.known or attested(request)
 
     def known_sources(self) -> Iterable[str]:
         return {source for _, source in self._networks}
@@ -99,33 +140,50 @@ class Bcf:
         source_id = self.source_of(source_ip)
         recognized = recognize(request)
         kind = recognized.kind if recognized else CallKind.OTHER
+        suspect = False
+        if request.method.upper() in NEW_CALL_METHODS:
+            vetted = self.vetted(source_id, request)
+            self.tdos.observe(source_id, source_ip, vetted, now)
+            suspect = self.tdos.suspect(vetted)
+            if suspect:
+                self.tdos.totals["suspect"] += 1
         verdict = decide(
             kind, request.method, source_id, source_ip,
             within_rate=self.rates.hit(source_id, now),
             bad_actor=self.bad_actors.is_bad(source_id, now),
-            rules=self.rules,
+            rules=self.rules, suspect=suspect,
         )  # fmt: skip
         log = [f"{request.method} from {source_id} ({source_ip}): {kind.value}, {verdict.action.value} ({verdict.reason})"]
         log += verdict.notes
         if recognized is None:
             if verdict.action is Action.REJECT:
                 response = make_response(request, 503, headers=[("Retry-After", str(self.retry_after))])
-                return Outcome(verdict.action, kind, source_id, None, response, verdict=verdict, log=log)
-            return Outcome(verdict.action, kind, source_id, request, verdict=verdict, log=log)
+                return Outcome(verdict.action, kind, source_id, None, response, verdict=verdict, log=log,
+                               suspect=suspect)  # fmt: skip
+            return Outcome(verdict.action, kind, source_id, request, verdict=verdict, log=log, suspect=suspect)
 
-        marked = mark(
-            request, recognized, fqdn=self.fqdn, source_id=source_id,
-            call_id_factory=self._call_id, incident_id_factory=self._incident_id,
-        )  # fmt: skip
+        try:
+            marked = mark(
+                request, recognized, fqdn=self.fqdn, source_id=source_id,
+                call_id_factory=self._call_id, incident_id_factory=self._incident_id,
+            )  # fmt: skip
+            self.ids.ok(now)
+        except Exception as exc:  # noqa: BLE001 -- an allocator failure must not cost the call its mark
+            # The 2014 outage: the counter hit its ceiling and calls failed for hours before
+            # anyone knew. Raise it as a condition at once and mark with the fallback ids.
+            self.ids.failed("emergency identifier", exc, now)
+            log.append(f"identifier allocation failed ({type(exc).__name__}: {exc}); fallback identifiers used")
+            marked = mark(request, recognized, fqdn=self.fqdn, source_id=source_id)
         log += marked.changes
         out = marked.request
         callback = None
-        if verdict.action is Action.DEPRIORITIZE:
+        if verdict.action is Action.DEPRIORITIZE or suspect:
+            # A TDoS suspect is marked with the lowest priority too (RFC 7135), whatever else.
             out.headers.set("Resource-Priority", DEPRIORITIZED)
             log.append(f"Resource-Priority set to {DEPRIORITIZED} (deprioritized)")
-        elif verdict.action is Action.DIVERT:
+        if verdict.action is Action.DIVERT:
             callback = CallbackRecord(
                 marked.call_id, marked.incident_id, caller_uri(request), source_id, verdict.reason, now
             )
             log.append(f"diverted to announcement + callback; callback record for {callback.callback}")
-        return Outcome(verdict.action, kind, source_id, out, None, marked, callback, verdict, log)
+        return Outcome(verdict.action, kind, source_id, out, None, marked, callback, verdict, log, suspect)

@@ -286,11 +286,14 @@ def decide(
     within_rate: bool,
     bad_actor: bool,
     rules: BcfRules,
+    suspect: bool = False,
 ) -> Verdict:
     """How the BCF treats one request. Harshest of: the first matching rule, the rate limit
     (over it: emergency calls are deprioritized, other traffic rejected) and a bad-actor
-    report (emergency calls diverted with a callback record, other traffic rejected). An
-    emergency or test call is never rejected: a REJECT becomes DIVERT, with a note saying so."""
+    report (emergency calls diverted with a callback record, other traffic rejected) and a
+    TDoS suspicion (``suspect``: an unvetted source during an attack, the same treatment:
+    the diverted call goes to the screening answer, NENA's "mark and deprioritize, never
+    reject"). An emergency or test call is never rejected: a REJECT becomes DIVERT, with a note saying so."""
     emergency = kind is not CallKind.OTHER
     candidates: list[tuple[Action, str, str | None]] = []
     rule = rules.match(source_id, source_ip, method, kind)
@@ -300,6 +303,9 @@ def decide(
         candidates.append((Action.DEPRIORITIZE if emergency else Action.REJECT, "source over its rate limit", None))
     if bad_actor:
         candidates.append((Action.DIVERT if emergency else Action.REJECT, "source reported as a bad actor", None))
+    if suspect:
+        candidates.append((Action.DIVERT if emergency else Action.REJECT,
+                           "TDoS: unvetted source during an attack (screening)", None))  # fmt: skip
     if not candidates:
         return Verdict(Action.ALLOW, "no rule, within rate")
     action, reason, rule_id = max(candidates, key=lambda c: _SEVERITY[c[0]])
