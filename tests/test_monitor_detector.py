@@ -56,7 +56,7 @@ def test_a_silent_psap_is_suspected_confirmed_and_cleared_after_two_good_probes(
     first = h.round(rerouted)
     assert [(u.kind, u.outage["scope"], u.outage["key"], u.outage["state"]) for u in first] == [
         (UpdateKind.NEW, "psap", "c", "suspected")]
-    assert "answered by a instead" in first[0].outage["cause"]
+    assert "answered by another PSAP instead" in first[0].outage["cause"]
     second = h.round(rerouted)
     assert [(u.kind, u.outage["state"]) for u in second] == [(UpdateKind.CONFIRMED, "confirmed")]
     assert second[0].outage["confirmed_at"] is not None
@@ -125,11 +125,13 @@ def test_passive_answer_ratio_and_no_calls_reaching_a_psap_and_calls_affected():
     d.observe_figures(w.figures(T0 + 1))
     updates = d.evaluate(T0 + 1)
     assert [(u.outage["scope"], u.outage["key"], u.outage["state"]) for u in updates] == [("psap", "c", "confirmed")]
-    assert "no calls reaching PSAP c (0 of 6 calls in 300 s answered there)" in updates[0].outage["cause"]
+    assert "no calls reaching PSAP c (none answered there)" in updates[0].outage["cause"]
     # 12 more calls for c answered elsewhere: the outage is updated with the calls affected
     answered(w, 12, "sip:psap-c@demo.firebox.test", T0 + 2, answered_uri="sip:psap-b@demo.firebox.test")
     d.observe_figures(w.figures(T0 + 3))
-    later = d.evaluate(T0 + 3)
+    assert d.evaluate(T0 + 3) == []  # material, but the last notice is 2 s old: held
+    d.observe_figures(w.figures(T0 + 31))
+    later = d.evaluate(T0 + 31)
     assert [(u.kind, u.outage["calls_affected"]) for u in later] == [(UpdateKind.UPDATED, 12)]
 
 
@@ -156,4 +158,44 @@ def test_a_volume_drop_is_suspected_statewide():
     d.observe_figures(w.figures(T0 + 3599))
     (update,) = d.evaluate(T0 + 3599)
     assert (update.outage["scope"], update.outage["state"]) == ("statewide", "suspected")
-    assert "call volume at 1% of the rate expected for hour 12" in update.outage["cause"]
+    assert "call volume under 25% of the rate expected for hour 12" in update.outage["cause"]
+
+
+def test_a_failing_psap_is_not_blamed_on_an_ingress_and_its_updates_are_not_spam():
+    """Issue 6: one PSAP down, probed through two ingresses; its failed test calls are the
+    PSAP's (it fails through every path), not each ingress's; while it stays down, the
+    alternates answering its test calls in turn and the counts ticking send no updates."""
+    a, b = Ingress("edge-a", "127.0.0.1", 5070), Ingress("edge-b", "127.0.0.1", 5072)
+    h = Harness(DetectorConfig(update_interval=30.0), ingresses=(a, b))
+    h.round()
+    h.round()
+    for n in range(12):
+        # c is down; whoever of a / b answers its test calls changes every round
+        other = "a" if n % 2 else "b"
+        h.round({"c": ProbeAnswer(200, "OK", f"<sip:psap-{other}@127.0.0.1:5099>")})
+    keys = {(u.outage["scope"], u.outage["key"]) for u in h.updates}
+    assert keys == {("psap", "c")}, keys  # no ingress (element) outage at all
+    kinds = [u.kind for u in h.updates]
+    assert kinds == [UpdateKind.NEW, UpdateKind.CONFIRMED], kinds
+    assert h.updates[-1].outage["cause"] == "test calls for PSAP c answered by another PSAP instead"
+    assert h.detector.open[(OutageScope.PSAP, "c")].probes_failed >= 2  # the count is a figure
+
+
+def test_a_material_change_is_notified_once_the_interval_has_passed():
+    h = Harness(DetectorConfig(update_interval=5.0))
+    h.round()
+    h.round()
+    silent = {"c": ProbeAnswer(408, "Request Timeout")}
+    h.round(silent)
+    h.round(silent)
+    assert [u.kind for u in h.updates] == [UpdateKind.NEW, UpdateKind.CONFIRMED]
+    # the failure changes kind (now answered by another PSAP): material, held until 5 s after
+    # the last notice, then sent once
+    moved = {"c": ProbeAnswer(200, "OK", "<sip:psap-a@127.0.0.1:5099>")}
+    confirmed_at = h.now
+    held = [h.round(moved) for _ in range(5)]
+    # the cause turns at the second such round (the commonest failure of the run); the
+    # notice waits for 5 s after the confirmation's, then goes once
+    assert held[:4] == [[], [], [], []] and h.now - confirmed_at == 5.0
+    assert [(u.kind, "answered by another PSAP" in u.outage["cause"]) for u in held[4]] == [(UpdateKind.UPDATED, True)]
+    assert [h.round(moved) for _ in range(6)] == [[]] * 6  # nothing new: nothing sent

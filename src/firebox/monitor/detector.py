@@ -45,7 +45,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, Final
 
 from firebox.monitor.probes import ProbeOutcome, ProbeResult
-from firebox.monitor.watch import Counts, Figures, Scope, StateNote
+from firebox.monitor.watch import ConditionNote, Counts, Figures, Scope, StateNote
 
 __all__ = [
     "TRANSITIONS",
@@ -122,10 +122,14 @@ class DetectorConfig:
     suspect_expiry: float = 120.0
     #: Probe results older than this are no longer evidence.
     probe_max_age: float = 300.0
-    #: An open outage is re-notified when its calls affected grew by this many, or after
-    #: this many seconds (47 CFR 4.9: updates as information becomes available).
+    #: An open outage is re-notified when its cause or scope changes, when its calls
+    #: affected grew by this many, or after this many seconds (47 CFR 4.9: updates as
+    #: information becomes available)...
     update_calls: int = 10
     update_seconds: float = 1800.0
+    #: ...and at most once per this many seconds (a change within it waits for its end;
+    #: confirmation and clearing are never held back).
+    update_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.confirm_ratio <= self.suspect_ratio <= self.clear_ratio <= 1:
@@ -155,6 +159,12 @@ class Outage:
     updated: float = 0.0
     baseline: int = 0  # unanswered calls of the scope before the start
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: "outage" (calls fail) or "attack" (a TDoS the BCF is screening: calls still flow).
+    kind: str = "outage"
+    #: The counts behind the cause (kept out of its text: a count ticking is no news).
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: A material change not yet notified (held by ``update_interval``).
+    pending: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -162,7 +172,7 @@ class Outage:
             "start": _iso(self.started), "confirmed_at": _iso(self.confirmed_at), "end": _iso(self.ended),
             "cause": self.cause, "calls_affected": self.calls_affected, "probes_failed": self.probes_failed,
             "config_change": self.config_change, "within": self.within, "updated": _iso(self.updated),
-            "history": list(self.history),
+            "history": list(self.history), "kind": self.kind, "figures": dict(self.figures),
         }  # fmt: skip
 
 
@@ -177,6 +187,8 @@ class _Evidence:
     signal: Signal = Signal.NONE
     causes: list[str] = field(default_factory=list)
     probes_failed: int = 0
+    kind: str = "outage"
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def add(self, signal: Signal, cause: str | None = None) -> None:
         # The worst evidence wins: HEALTHY only when every kind with data says so.
@@ -204,6 +216,8 @@ class Detector:
         self.figures: Figures | None = None
         self.states: dict[str, StateNote] = {}
         self.changes: list[tuple[str, float]] = []
+        #: Element conditions (a BCF's TDoS, its identifier allocator) by key.
+        self.conditions: dict[str, ConditionNote] = {}
         self._probes: dict[tuple[str, str], deque[ProbeResult]] = {}  # by (ingress, PSAP id)
         self._by_ingress: dict[str, deque[ProbeResult]] = {}
         self.open: dict[tuple[OutageScope, str], Outage] = {}
@@ -225,6 +239,10 @@ class Detector:
     def observe_state(self, note: StateNote) -> None:
         self.states[f"{note.kind}:{note.ident}"] = note
 
+    def observe_condition(self, note: ConditionNote) -> None:
+        """An element condition began, changed or ended (``firebox.bcf.conditions``)."""
+        self.conditions[note.key] = note
+
     def config_change(self, change_id: str, at: float) -> None:
         """A configuration change (a rule set, a routing policy...) took effect at ``at``."""
         self.changes.append((str(change_id), at))
@@ -240,7 +258,7 @@ class Detector:
         psap_ev = {p: self._psap_evidence(p, now) for p in self.psaps}
         statewide = self._statewide_evidence(psap_ev, now)
         regions = self._region_evidence(psap_ev)
-        elements = self._element_evidence(now)
+        elements = self._element_evidence(psap_ev, now)
         # Widest first, so that a narrower outage is not opened inside a wider one.
         updates += self._step(OutageScope.STATEWIDE, "all", statewide, now)
         for region, ev in sorted(regions.items()):
@@ -283,14 +301,15 @@ class Detector:
         c = self.config
         if counts.settled < c.min_calls:
             return
+        # The cause names the threshold crossed, not the ratio or the counts: a ratio moving
+        # by a call is no news to notify (the counts are the outage's figures).
         ratio = counts.answer_ratio or 0.0
-        window = f"{counts.settled} calls in {self.figures.window:g} s" if self.figures else f"{counts.settled} calls"
         if counts.answered == 0 and counts.routed:
-            ev.add(Signal.DOWN, f"no calls reaching {what} (0 of {window} answered there)")
+            ev.add(Signal.DOWN, f"no calls reaching {what} (none answered there)")
         elif ratio < c.confirm_ratio:
-            ev.add(Signal.DOWN, f"answer ratio fell to {ratio:.0%} at {what} ({counts.answered} of {window})")
+            ev.add(Signal.DOWN, f"answer ratio under {c.confirm_ratio:.0%} at {what}")
         elif ratio < c.suspect_ratio:
-            ev.add(Signal.FAILING, f"answer ratio fell to {ratio:.0%} at {what} ({counts.answered} of {window})")
+            ev.add(Signal.FAILING, f"answer ratio under {c.suspect_ratio:.0%} at {what}")
         elif ratio >= c.clear_ratio:
             ev.add(Signal.HEALTHY)
         else:
@@ -354,7 +373,7 @@ class Detector:
             ev.signal = Signal.DOWN if strong or all(e.signal is Signal.DOWN for e in failing.values()) else Signal.FAILING
             ev.probes_failed = len(all_failed)
             base = _probe_cause(all_failed, "every PSAP", statewide=True) if all_failed else None
-            ev.causes = [base or f"{len(failing)} of {len(known)} PSAPs failing"]
+            ev.causes = [base or f"PSAPs failing across the state ({c.statewide_fraction:.0%} or more)"]
         elif known:
             healthy = sum(1 for e in known.values() if e.signal is Signal.HEALTHY)
             ev.signal = Signal.HEALTHY if healthy >= math.ceil(len(known) / 2) else Signal.RECOVERING
@@ -368,13 +387,34 @@ class Detector:
             vol = self.figures.volume
             if vol.expected >= c.volume_min_expected and vol.ratio is not None:
                 if vol.ratio < c.volume_drop:
-                    ev.add(Signal.FAILING, f"call volume at {vol.ratio:.0%} of the rate expected for hour {vol.hour} "
-                           f"({vol.observed} calls in {vol.window:g} s, {vol.expected:.0f} expected)")  # fmt: skip
+                    ev.add(Signal.FAILING, f"call volume under {c.volume_drop:.0%} of the rate expected for hour "
+                           f"{vol.hour}")  # fmt: skip
         return ev
 
-    def _element_evidence(self, now: float) -> dict[str, _Evidence]:
+    def _element_evidence(self, psap_ev: Mapping[str, _Evidence], now: float) -> dict[str, _Evidence]:
         out: dict[str, _Evidence] = {}
-        runs = {i: self._probe_run(self._by_ingress.get(i, ()), now) for i in self.ingresses}
+        # The most specific explanation wins: a test call that failed through an ingress
+        # because its PSAP is down (failing through every path) is the PSAP's failure, not
+        # the ingress's; only the rest is evidence against the ingress.
+        # And a failure through one ingress is that ingress's only once another ingress
+        # reached the same PSAP after it: until then it may be the PSAP's own (going down).
+        explained = {p for p, e in psap_ev.items() if e.signal >= Signal.FAILING}
+        last_ok: dict[tuple[str, str], float] = {}
+        for (ingress, psap), results in self._probes.items():
+            for r in results:
+                if r.ok:
+                    last_ok[(ingress, psap)] = max(last_ok.get((ingress, psap), r.at), r.at)
+
+        def attributable(r: ProbeResult) -> bool:
+            psap = r.probe.target.psap_id
+            if psap in explained:
+                return False
+            if r.ok:
+                return True
+            me = r.probe.ingress.name
+            return any(at >= r.at for (i, p), at in last_ok.items() if p == psap and i != me)
+
+        runs = {i: self._probe_run([r for r in self._by_ingress.get(i, ()) if attributable(r)], now) for i in self.ingresses}
         # One ingress failing while another carries test calls: that ingress's BCF.
         if len(runs) >= 2 and any(run[1] for run in runs.values()):
             for ingress, (fails, successes, failed) in runs.items():
@@ -387,6 +427,12 @@ class Detector:
                 ev = out.setdefault(note.ident, _Evidence())
                 ev.add(Signal.HEALTHY if note.usable else Signal.DOWN,
                        None if note.usable else f"element {note.ident} reports {note.value}")  # fmt: skip
+        for key, cond in self.conditions.items():
+            # The element itself says what is wrong: confirmed at once, cleared when it says so.
+            ev = out.setdefault(key, _Evidence())
+            ev.add(Signal.DOWN if cond.active else Signal.HEALTHY, cond.cause if cond.active else None)
+            ev.kind = "attack" if cond.category == "attack" else ev.kind
+            ev.figures = {**cond.figures, "since": _iso(cond.since), "scope": list(cond.scope)}
         return out
 
     # --- the table ------------------------------------------------------------------------
@@ -408,6 +454,8 @@ class Detector:
         updates: list[OutageUpdate] = []
         affected = self._affected(scope, key, outage)
         changed_cause = ev.causes and ev.signal >= Signal.FAILING and self._cause(ev, outage.started) != outage.cause
+        if ev.figures:
+            outage.figures = dict(ev.figures)
         if nxt is OutageState.CLEARED:
             outage.state, outage.ended, outage.updated = OutageState.CLEARED, now, now
             outage.calls_affected = affected
@@ -415,17 +463,19 @@ class Detector:
             del self.open[(scope, key)]
             self.recent.append(outage)
             return [OutageUpdate(UpdateKind.CLEARED, outage.as_dict())]
+        if changed_cause or affected - outage.calls_affected >= c.update_calls or now - outage.updated >= c.update_seconds:
+            outage.pending = True
+        kind: UpdateKind | None = None
         if nxt is OutageState.CONFIRMED and current is OutageState.SUSPECTED:
             outage.state, outage.confirmed_at = OutageState.CONFIRMED, now
-            kind: UpdateKind | None = UpdateKind.CONFIRMED
-        elif changed_cause or affected - outage.calls_affected >= c.update_calls or now - outage.updated >= c.update_seconds:
-            kind = UpdateKind.UPDATED
-        else:
-            kind = None
+            kind = UpdateKind.CONFIRMED
+        elif outage.pending and now - outage.updated >= c.update_interval:
+            kind = UpdateKind.UPDATED  # material, and the outage's last notice is old enough
         if changed_cause:
             outage.cause = self._cause(ev, outage.started)
         outage.probes_failed = max(outage.probes_failed, ev.probes_failed)
         if kind is not None:
+            outage.pending = False
             outage.calls_affected = affected
             outage.updated = now
             self._note(outage, now, kind.value)
@@ -448,7 +498,7 @@ class Detector:
             id=f"{scope.value}-{key.replace(' ', '-')}-{self._serial}", scope=scope, key=key, state=state, started=now,
             cause=self._cause(ev, now), confirmed_at=now if state is OutageState.CONFIRMED else None,
             probes_failed=ev.probes_failed, config_change=change, updated=now,
-            baseline=self._unanswered(scope, key),
+            baseline=self._unanswered(scope, key), kind=ev.kind, figures=dict(ev.figures),
         )  # fmt: skip
         for (s, _k), other in self.open.items():
             if scope in _WIDER.get(s, ()):
@@ -469,7 +519,8 @@ class Detector:
         return None
 
     def _cause(self, ev: _Evidence, start: float) -> str:
-        text = "; ".join(ev.causes[:3]) or "unknown"
+        # Sorted: the same causes found in another order are no change.
+        text = "; ".join(sorted(ev.causes)[:3]) or "unknown"
         change = self._change_before(start)
         if change is not None:
             text += f"; since configuration change {change}"
@@ -488,18 +539,20 @@ def _probe_cause(failed: list[ProbeResult], what: str, *, statewide: bool = Fals
     """The most common failure of a run of probe results, in words."""
     kinds = Counter((r.outcome, r.status, r.reason, r.answered_by) for r in failed)
     (outcome, status, reason, answered_by), n = kinds.most_common(1)[0]
+    # No counts and nothing that varies call by call (which alternate answered): the cause
+    # changes when what failed changes; the counts are the outage's figures.
+    del n, answered_by
     ingresses = sorted({r.probe.ingress.name for r in failed})
     psaps = sorted({r.probe.target.psap_id for r in failed})
-    count = f"{n} test call{'s' if n != 1 else ''}"
     if outcome is ProbeOutcome.REJECTED:
         source = ""
         if statewide or len(psaps) >= 2:
             # One final answer for test calls meant for several PSAPs comes from before the
             # PSAPs: the ingress (its BCF, or a firewall in front of it) or the ESRP.
             source = f" at ingress {', '.join(ingresses)}, before any PSAP"
-        return f"failing probes with SIP {status} {reason or ''}".rstrip() + f"{source} ({count} to {what})"
+        return f"failing probes with SIP {status} {reason or ''}".rstrip() + f"{source} (test calls to {what})"
     if outcome is ProbeOutcome.WRONG_PSAP:
-        return f"test calls for {what} answered by {answered_by} instead ({count})"
+        return f"test calls for {what} answered by another PSAP instead"
     if outcome is ProbeOutcome.NO_ANSWER:
-        return f"test calls to {what} get no answer ({count} through {', '.join(ingresses)})"
-    return f"test calls to {what} could not be placed ({count})"
+        return f"test calls to {what} get no answer (through {', '.join(ingresses)})"
+    return f"test calls to {what} could not be placed"

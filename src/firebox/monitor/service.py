@@ -8,6 +8,8 @@ What feeds it:
   place: events go on to the sender unchanged and a copy comes here.
 * ``state(kind, id, value)`` / ``state_of(parsed)``: element, service and queue states.
 * ``config_change(id)``: a rule set or policy version took effect.
+* ``condition(c)``: an element's own condition (``firebox.bcf.conditions``: a TDoS the BCF
+  is screening, its identifier allocator failing); ``bcf.on_condition(monitor.condition)``.
 
 Every input is judged at once (a probe result, a state) or at the next tick (log events:
 every ``tick`` seconds the watch's figures go to the detector), and every outage update is
@@ -29,7 +31,7 @@ from typing import Any
 from firebox.monitor.detector import Detector, DetectorConfig, OutageUpdate
 from firebox.monitor.notify import Notifier, NotifyConfig
 from firebox.monitor.probes import Ingress, ProbePlanner, ProbeResult, ProbeRunner, ProbeTarget
-from firebox.monitor.watch import DEFAULT_PROFILE, Watch
+from firebox.monitor.watch import DEFAULT_PROFILE, ConditionNote, Watch
 
 __all__ = ["Monitor", "MonitorConfig", "TappedSender"]
 
@@ -118,6 +120,17 @@ class Monitor:
         """A parsed ``firebox.esrp.states`` ElementState / ServiceState / QueueState."""
         now = self.clock()
         self.detector.observe_state(self.watch.state_of(parsed, now))
+        self._evaluate(now)
+
+    def condition(self, condition: Any) -> None:
+        """An element condition began, changed or ended (a ``BcfCondition``): judged at once
+        (never raises: it is called from inside the BCF's step)."""
+        try:
+            now = self.clock()
+            self.detector.observe_condition(ConditionNote.of(condition, now))
+        except Exception:  # noqa: BLE001 -- a monitor bug must not touch the call path
+            log.exception("monitor: element condition not understood")
+            return
         self._evaluate(now)
 
     def config_change(self, change_id: str, at: float | None = None) -> None:

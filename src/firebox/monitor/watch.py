@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 __all__ = [
     "DEFAULT_PROFILE",
+    "ConditionNote",
     "Counts",
     "Figures",
     "Metric",
@@ -149,6 +150,41 @@ class StateNote:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.ident, "state": self.value, "since": self.since, "usable": self.usable}
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionNote:
+    """An element's own report of a condition (``firebox.bcf.conditions.BcfCondition``: a
+    TDoS it is screening, an identifier allocator failing), ``since`` and ``at`` in the
+    monitor's clock. ``category`` "attack" or "fault"."""
+
+    kind: str
+    element: str
+    active: bool
+    since: float
+    at: float
+    cause: str
+    scope: tuple[str, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+    category: str = "fault"
+
+    @property
+    def key(self) -> str:
+        return f"{self.element} {self.kind}"
+
+    @classmethod
+    def of(cls, condition: Any, now: float) -> ConditionNote:
+        """From a ``BcfCondition`` (whose times are on the BCF's own clock): placed on the
+        monitor's clock at ``now``, keeping how long ago it began."""
+        kind = getattr(condition.kind, "value", condition.kind)
+        since = now - max(0.0, float(condition.at) - float(condition.since))
+        return cls(str(kind), str(condition.element), bool(condition.active), since, now, str(condition.cause),
+                   tuple(condition.scope), dict(condition.figures), str(condition.category))  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "element": self.element, "active": self.active, "since": _iso(self.since),
+                "cause": self.cause, "scope": list(self.scope), "figures": dict(self.figures),
+                "category": self.category}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
