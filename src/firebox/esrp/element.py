@@ -742,6 +742,7 @@ class EmergencyCore:
         forward = request
         source_id: str | None = None
         diverted = False
+        suspect = False  # a TDoS suspect (firebox.bcf.conditions): screened, never cascaded
         try:
             outcome = self.bcf.process(request, source.host, time.monotonic())
             record.events += outcome.log
@@ -762,6 +763,7 @@ class EmergencyCore:
                 forward = outcome.request
             if outcome.action is Action.DIVERT:
                 diverted = True
+                suspect = outcome.suspect
                 self.stats["diverted"] += 1
                 if outcome.callback is not None:
                     self.callbacks.append(outcome.callback)
@@ -838,7 +840,13 @@ class EmergencyCore:
                 self.divert_to, DestinationKind.DIVERSION, None,
                 "BCF diverted the call: announcement and callback",
             ))  # fmt: skip
-            record.events.append(f"diverted to {self.divert_to} first, then the normal route")
+            if suspect:
+                # During a TDoS the screening answer or, failing it, the callback worklist:
+                # a flood must not cascade through every PSAP and business line.
+                del destinations[1:]
+                record.events.append(f"TDoS suspect: to {self.divert_to}, else the callback worklist")
+            else:
+                record.events.append(f"diverted to {self.divert_to} first, then the normal route")
         targets = [self._target(d.uri, d.kind) for d in destinations]
         call.transport = self._address(targets[0])[2]
         via_transport = call.transport.upper()
