@@ -16,17 +16,20 @@ from firebox.sim.scenario import DETECT_WITHIN, NOTIFY_WITHIN, REROUTE_WITHIN, S
 
 
 
-#: A weakness these runs expose, reported to the lead: the BCF lets a flood from sources it
-#: does not know through to the PSAPs (each of the 8 bad sources stays under the per-source
-#: rate limit; nothing reports them as bad actors), so under the flood's load a few
-#: legitimate calls miss the ESRP's 500 ms no-provisional timer and are failed over to an
-#: alternate, and the detector (rightly, for a few calls) declares no outage.
-TDOS_WEAKNESS = "TDoS: the flood reaches the PSAPs; some legitimate calls rerouted; no outage declared"
+#: Load clock per scenario (default 20x). The TDoS flood is 20 times the legitimate rate
+#: whatever the clock; at a 20x clock that is ~65 flood calls a second, which with the
+#: node, its logging, the PSAP agents and every carrier in this one Python process takes a
+#: whole core of this shared machine: the process then falls behind, UDP buffers overflow
+#: and calls fail for want of CPU, not of any defence (the unchanged code fails so as well).
+#: At a 10x clock (as bench/scenarios.py runs) it stays within one core.
+SPEED = {"tdos": 10.0}
+FAULT_FOR = {"tdos": 10.0}
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_scenario(name, tmp_path):
-    cfg = ScenarioConfig(name, speed=20.0, surge=10.0, warmup=3.0, fault_for=8.0, tail=2.0, work_dir=tmp_path)
+    cfg = ScenarioConfig(name, speed=SPEED.get(name, 20.0), surge=10.0, warmup=3.0, fault_for=FAULT_FOR.get(name, 8.0),
+                         tail=2.0, work_dir=tmp_path)  # fmt: skip
     result = (await run_scenario(cfg)).as_dict()
     page = render_html(result)
     assert "data:image/png;base64," in page and name in page
@@ -41,10 +44,18 @@ async def test_scenario(name, tmp_path):
         assert result["detected_outage"] is None
         return
     detected = result["detect_s"] is not None and result["detect_s"] <= DETECT_WITHIN
-    if name == "tdos" and not detected:
-        assert result["fault_figures"]["flood_answered"] > 0
-        pytest.xfail(TDOS_WEAKNESS)
     assert detected, (result["detect_s"], result["updates"][:5])
     assert result["reroute_s"] is not None and result["reroute_s"] <= REROUTE_WITHIN, result["reroute_raw_s"]
     assert result["notify_s"] is not None and result["notify_s"] <= NOTIFY_WITHIN
     assert result["passed"], result["criteria"]
+    assert not result["spurious_outages"], result["spurious_outages"]
+    if name == "tdos":
+        # an attack, declared with its cause and scope; every flood call after the flag
+        # screened (none to a call-taker), every legitimate call answered where it belonged
+        assert result["detected_outage"]["kind"] == "attack"
+        assert "127.0.0.0/24" in result["detected_outage"]["cause"]
+        figures = result["fault_figures"]
+        assert figures["flood_screened"] > 0 and figures["flood_to_psap_after_flag"] == 0
+        assert counts["intended"] == result["offered"], counts
+    if name == "counter-2014":
+        assert "identifier allocation failing" in result["detected_outage"]["cause"]

@@ -8,14 +8,19 @@ of the running node where it can, as the real cause did:
   multistate outage: a router's call counter passed its limit and calls were refused).
   firebox allocates ids in one place on the call path, the BCF's emergency Call-ID
   (``firebox.bcf.marking.mark`` through ``Bcf._call_id``); the fault swaps that factory for
-  a counter that is exhausted (raises ``OverflowError``), the one hook reaching inside.
+  a counter that is exhausted (raises ``OverflowError``), the one hook reaching inside. The
+  BCF marks with its fallback allocator and raises a ``call-id`` element condition, which
+  the detector declares (scope element, key ``<bcf> call-id``).
 * ``config-push-2020``: a bad routing policy is promoted (a vendor's push, September 2020):
   published straight into the Policy Store as policy ``demo-routing``, bypassing any check,
   sending every call to one PSAP. Healed by publishing a version without the bad rule.
 * ``fiber-cut-2024``: one PSAP and its first alternate become unreachable (packets to them
   dropped: their simulated agents go silent).
 * ``tdos``: a flood of calls from bad sources (127.0.0.2 and up: Linux routes 127/8 to lo)
-  at 20 times the legitimate rate.
+  at 20 times the legitimate rate. The BCF's aggregate view flags the attack (a ``tdos``
+  condition, declared by the detector as an outage of kind ``attack``) and sends the
+  unvetted sources' calls to the screening answer; the figures say how many flood calls
+  reached a PSAP before and after the flag.
 * ``psap-evacuation``: a PSAP goes out of service on purpose: its queue Disabled ("by
   management action", NENA-STA-010.3 section 10.17) and its ServiceState Down, in the state
   table the ESRP reads and to the monitor.
@@ -141,6 +146,10 @@ class Fault(abc.ABC):
     def figures(self) -> dict[str, Any]:
         return {}
 
+    def criteria(self, rows: list[CallRow]) -> dict[str, bool]:
+        """Criteria of this fault beyond the common ones (zero lost, detect, reroute, notify)."""
+        return {}
+
 
 @dataclass
 class FirewallFault(Fault):
@@ -202,6 +211,9 @@ class CounterFault(Fault):
 
     def rerouted(self, call: CallRow) -> bool:
         return call.answered
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        return outage["scope"] == "element" and str(outage["key"]).endswith(" call-id")
 
     def figures(self) -> dict[str, Any]:
         return {"ids_refused": self.counter.refused if self.counter else 0}
@@ -382,6 +394,10 @@ FLOOD_FACTOR = 20.0
 FLOOD_MAX_CALLS = 400
 
 
+#: A flood call placed this long after the BCF flagged the attack must not reach a PSAP.
+FLAG_GRACE = 0.5
+
+
 @dataclass
 class TdosFault(Fault):
     name: ClassVar[str] = "tdos"
@@ -391,10 +407,28 @@ class TdosFault(Fault):
     refused: int = 0
     unanswered: int = 0
     skipped: int = 0
+    #: Of the answered: by the BCF's screening answer, or by a PSAP (before / after the flag).
+    screened: int = 0
+    to_psap_before_flag: int = 0
+    to_psap_after_flag: int = 0
+    #: When the BCF flagged the attack (its monotonic clock, and epoch seconds).
+    flagged_mono: float | None = None
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event | None = None
+    _listener: Callable[[Any], None] | None = None
+    _bcf: Any = None
 
     async def inject(self, node: Any, harness: Harness) -> None:
+        self._bcf = node.core.bcf
+
+        def on_condition(cond: Any) -> None:
+            if cond.kind == "tdos" and cond.active and self.flagged_mono is None:
+                self.flagged_mono = cond.since
+                # The BCF steers suspect calls to screening from this step on.
+                self.rerouted_at = time.time() - (time.monotonic() - cond.since)
+
+        self._listener = on_condition
+        self._bcf.tdos.listeners.append(on_condition)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._flood(harness), name="tdos-flood")
 
@@ -404,6 +438,8 @@ class TdosFault(Fault):
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._task), 15.0)
+        if self._bcf is not None and self._listener in self._bcf.tdos.listeners:
+            self._bcf.tdos.listeners.remove(self._listener)
 
     async def _flood(self, harness: Harness) -> None:
         from firebox.sim.carrier import CallPlan, Carrier, LocationMode, Outcome
@@ -418,9 +454,16 @@ class TdosFault(Fault):
 
         async def one(carrier: Carrier, n: int) -> None:
             lon, lat = harness.random_point(rng)
+            placed = time.monotonic()
             result = await carrier.call(CallPlan(f"tel:+1900555{n % 10_000:04d}", lon, lat, LocationMode.VALUE, hold=4.0))
             if result.outcome is Outcome.ANSWERED:
                 self.answered += 1
+                if "sip:screening@" in (result.contact or ""):
+                    self.screened += 1
+                elif self.flagged_mono is not None and placed >= self.flagged_mono + FLAG_GRACE:
+                    self.to_psap_after_flag += 1
+                else:
+                    self.to_psap_before_flag += 1
             elif result.outcome is Outcome.FAILED:
                 self.refused += 1
             else:
@@ -454,11 +497,25 @@ class TdosFault(Fault):
                 await c.close()
 
     def rerouted(self, call: CallRow) -> bool:
-        return call.answered
+        # Legitimate calls are not moved: what is steered is the flood (``rerouted_at``).
+        return False
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        return outage.get("kind") == "attack"
 
     def figures(self) -> dict[str, Any]:
         return {"flood_sent": self.sent, "flood_answered": self.answered, "flood_refused": self.refused,
-                "flood_unanswered": self.unanswered, "flood_not_placed": self.skipped}  # fmt: skip
+                "flood_unanswered": self.unanswered, "flood_not_placed": self.skipped,
+                "flood_screened": self.screened, "flood_to_psap_before_flag": self.to_psap_before_flag,
+                "flood_to_psap_after_flag": self.to_psap_after_flag}  # fmt: skip
+
+    def criteria(self, rows: list[CallRow]) -> dict[str, bool]:
+        # Every flood call placed after the flag (and its grace) went to screening, none to
+        # a call-taker; every legitimate call was answered by a person (none on a list).
+        return {
+            "flood_kept_off_psaps": self.flagged_mono is not None and self.to_psap_after_flag == 0,
+            "legitimate_calls_answered": all(r.answered for r in rows),
+        }
 
 
 FAULTS: dict[str, type[Fault]] = {

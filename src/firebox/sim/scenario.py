@@ -5,7 +5,9 @@ population-weighted call load, inject its fault, heal it, and measure what calle
 uvicorn, ``start_sip``), starts a webhook receiver on 127.0.0.1 (the notifications' real
 destination), a firewall relay in front of the BCF, a ``Monitor`` probing every PSAP through
 both ingress routes every ``probe_period`` seconds with ``OutageRouting`` steering the ESRP,
-and a carrier with two ingress routes (``RoutedCarrier``: through the firewall, and straight
+the BCF's element conditions (TDoS, identifier allocation) fed to it, the BCF's screening
+answer (``firebox.bcf.screening``) as the ESRP's ``divert_to`` unless the deployment names
+one, and a carrier with two ingress routes (``RoutedCarrier``: through the firewall, and straight
 to the BCF). The load (``firebox.sim.load``) runs ``speed`` times faster than the clock: a
 wall second offers ``speed`` seconds of the day's calls. The fault, the monitor and every
 measured time are wall-clock: a system's reactions are not compressed.
@@ -33,6 +35,7 @@ from typing import Any
 
 from firebox.sim.faults import ROUTE_A, ROUTE_B, Fault, FirewallRelay, fault
 from firebox.sim.load import CallGenerator, LoadModel, PlannedCall, towns_from_deployment, towns_from_state
+from firebox.sim.public import PublicChannelProbe
 
 __all__ = ["CATEGORIES", "CallRow", "Harness", "ScenarioConfig", "ScenarioResult", "run_scenario"]
 
@@ -77,6 +80,8 @@ class ScenarioConfig:
     rollback_after: float = 0.5
     #: None: the scenario's own fault; "none" for a baseline run with no fault.
     fault: str | None = None
+    #: Measure the public channels (status page, alert drafts, box alarms: ``sim.public``).
+    public: bool = False
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -132,6 +137,7 @@ class Harness:
     victim: str
     towns: list[Any]
     rate: float = 0.0  # legitimate calls per wall second (expected)
+    screening: Any = None  # the BCF's screening answer (firebox.bcf.screening), if started here
 
     def legit_rate(self) -> float:
         return self.rate
@@ -169,6 +175,9 @@ class ScenarioResult:
     fault_figures: dict[str, Any]
     core_stats: dict[str, int]
     calls: list[dict[str, Any]]
+    #: Further figures by name (legitimate calls' setup times, the BCF's conditions, the
+    #: screening answer...): add here rather than new positional members.
+    figures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -275,6 +284,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     else:
         path, state = cfg.deployment, None
         http_port = None
+    public = PublicChannelProbe(PublicChannelProbe.enable(path)) if cfg.public and state is not None else None
     dep = load_deployment(path)
     node = build_node(dep, console=Console(quiet=True))
     servers: list[tuple[Any, asyncio.Task[None]]] = []
@@ -304,6 +314,17 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     updates: list[tuple[float, Any]] = []
     monitor.listeners.append(lambda u: updates.append((time.time(), u)))
     await monitor.start()
+    bcf = node.core.bcf
+    bcf.on_condition(monitor.condition)
+    conditions: list[tuple[float, Any]] = []
+    bcf.on_condition(lambda c: conditions.append((time.time(), c)))
+    screening = None
+    if node.core.divert_to is None:
+        from firebox.bcf.screening import ScreeningService
+
+        screening = ScreeningService("127.0.0.1", 0)
+        await screening.start()
+        node.core.divert_to = screening.uri
 
     towns = towns_from_state(state) if state is not None else towns_from_deployment(dep, node.index)
     population = sum(t.population for t in towns)
@@ -314,7 +335,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     victim = max((pid for pid in ids if alternates.get(pid)), key=lambda pid: (pops.get(pid, 0), pid), default=ids[0])
     harness = Harness(node, state, monitor, routing, firewall, f"http://127.0.0.1:{http_port}/policy",
                       dep.authority.domain, node.core.port, psaps, ids, alternates, victim, towns,
-                      rate=gen.model.rate(0) * cfg.speed)  # fmt: skip
+                      rate=gen.model.rate(0) * cfg.speed, screening=screening)  # fmt: skip
     carrier = Carrier(("127.0.0.1", fw_port, "udp"), domain=f"carrier.{dep.authority.domain}", answer_timeout=15.0)
     await carrier.start()
     route_list = RouteList([IngressRoute(ROUTE_A, ("127.0.0.1", fw_port, "udp")),
@@ -345,6 +366,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
             row.answered_at = next((r.answered_at for r in reversed(results) if getattr(r, "answered_at", None)), None)
 
     try:
+        if public is not None:
+            await public.start(node, monitor)
         await until(lambda: sum(n for (_i, _p, o), n in monitor.probe_counts.items() if o == "answered")
                     >= len(mcfg.targets), "a good probe round", 30.0)  # fmt: skip
         loop = asyncio.get_running_loop()
@@ -374,6 +397,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
                 if elapsed >= heal_at or rollback:
                     await the_fault.heal(node, harness)
                     healed_at = time.time()
+            bcf.tick(time.monotonic())  # the BCF judges its aggregate view in silence too
             await asyncio.sleep(0.05)
         if the_fault is not None and fault_at is not None and healed_at is None:
             await the_fault.heal(node, harness)
@@ -398,6 +422,10 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         await routed.close()
         await carrier.close()
         await monitor.stop(drain=5.0)
+        if screening is not None:
+            await screening.close()
+        if public is not None:
+            await public.stop()
         firewall.close()
         await stop_sip(node)
         if http is not None:
@@ -436,6 +464,19 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         criteria["detected_within_10s"] = detect_s is not None and detect_s <= DETECT_WITHIN
         criteria["rerouted_within_2s"] = reroute_s is not None and reroute_s <= REROUTE_WITHIN
         criteria["notified_within_60s"] = notify_s is not None and notify_s <= NOTIFY_WITHIN
+    if the_fault is not None:
+        criteria.update(the_fault.criteria([r for r in rows if fault_at is not None and r.started >= fault_at]))
+    figures: dict[str, Any] = {
+        "setup_s": _setup_figures(rows, fault_at, healed_at),
+        "bcf_conditions": [{**c.as_dict(), "received": at} for at, c in conditions],
+        "screening": screening.counts() if screening is not None else None,
+        "notifications_by_outage": _per_outage([h for _t, h in hooks]),
+    }
+    if public is not None:
+        seen = public.figures(fault_at=fault_at, detected_at=detected_at, healed_at=healed_at, detected=detected,
+                              regions=regions)  # fmt: skip
+        figures["public"] = seen.as_dict()
+        criteria.update(seen.criteria)
     # Confirmed outages that were not the fault's: the detector blaming the wrong thing.
     spurious = sorted({u.outage["id"] for _at, u in updates if u.outage["state"] == OutageState.CONFIRMED
                        and (the_fault is None or not the_fault.expected(u.outage))})  # fmt: skip
@@ -459,4 +500,37 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         core_stats=dict(node.core.stats) if node.core is not None else {},
         calls=[{"n": r.n, "started": r.started, "ended": r.ended, "category": r.category, "intended": r.psap_id,
                 "answered_by": r.answered_by, "route": r.route} for r in rows],
+        figures=figures,
     )  # fmt: skip
+
+
+def _setup_figures(rows: list[CallRow], fault_at: float | None, healed_at: float | None) -> dict[str, Any]:
+    """Legitimate calls' setup time (INVITE to 2xx, s) before, during and after the fault:
+    whether callers were slowed (median, 95th percentile, maximum, and how many)."""
+    import statistics
+
+    def summary(times: list[float]) -> dict[str, Any]:
+        if not times:
+            return {"n": 0}
+        ordered = sorted(times)
+        p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+        return {"n": len(ordered), "median": round(statistics.median(ordered), 3), "p95": round(p95, 3),
+                "max": round(ordered[-1], 3)}  # fmt: skip
+
+    phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for r in rows:
+        if r.answered_at is None:
+            continue
+        phase = ("before" if fault_at is None or r.started < fault_at
+                 else "during" if healed_at is None or r.started < healed_at else "after")  # fmt: skip
+        phases[phase].append(r.answered_at - r.started)
+    return {phase: summary(times) for phase, times in phases.items()}
+
+
+def _per_outage(hooks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Notifications received per outage, by event (new, confirmed, updated, cleared)."""
+    out: dict[str, dict[str, int]] = {}
+    for h in hooks:
+        events = out.setdefault(str(h.get("outage_id")), {})
+        events[str(h.get("event"))] = events.get(str(h.get("event")), 0) + 1
+    return out
