@@ -13,6 +13,7 @@ from rich.console import Console
 
 from firebox import __version__
 from firebox.change.cli import change_app
+from firebox.cluster.cli import cluster_app
 from firebox.console.cli import console_cli
 from firebox.logging.cli import logs_app
 from firebox.policy.cli import policy_app
@@ -31,6 +32,7 @@ app.add_typer(lost_app, name="lost")
 app.add_typer(logs_app, name="logs")
 app.add_typer(policy_app, name="policy")
 app.add_typer(change_app, name="change")
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(console_cli, name="console")
 

@@ -36,6 +36,8 @@ from pydantic import (
     field_validator,
 )
 
+from firebox.cluster.config import ClusterConfig
+
 SERVICE_URN = re.compile(r"^urn:service:[a-z0-9][a-z0-9.\-]*$")
 SIP_URI = re.compile(r"^sips?:[^\s@]+@[^\s@]+$|^sips?:[^\s@]+$")
 _DIGITS = re.compile(r"\D")
@@ -522,6 +524,9 @@ class Deployment(_Model):
     gis: GisConfig
     psaps: list[PsapConfig] = []
     elements: Elements = Elements()
+    #: Several nodes serving this deployment (issue 8): shared PostgreSQL and NATS, the
+    #: cluster's SIP name; absent: one node, embedded stores.
+    cluster: ClusterConfig | None = None
     #: Where the file was read from (set by ``load_deployment``); not a YAML key.
     source: Path | None = Field(default=None, exclude=True)
 

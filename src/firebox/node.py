@@ -133,6 +133,12 @@ class Node:
     line_checker: Any = None
     #: Public alerting (``elements.alerting``): the CAP alert service.
     alerts: Any = None
+    #: The cluster (``cluster:``, issue 8): the bus (NATS JetStream), this node's beats and
+    #: its view of the others, ESRP states and outage marks shared, peers' outages.
+    bus: Any = None
+    membership: Any = None
+    live: Any = None
+    outage_feed: Any = None
     #: The demo page's "break something" controls (``firebox demo`` only).
     demo_faults: Any = None
     #: Background tasks of the running node (callback worklist delivery), cancelled at stop.
@@ -318,6 +324,12 @@ def _apps(node: Node) -> dict[str, Any]:
             alerts=AlertDesk(lambda: node.alerts) if els.alerting is not None else None,
         )  # the call handling element is attached once start_sip has started it
         routes.setdefault(cfg_console.listen, []).append(Mount(cfg_console.path, app=node.console_app))
+    cl = node.deployment.cluster
+    if cl is not None:
+        from firebox.cluster.http import cluster_routes
+
+        # The cluster as this node sees it, on the node's own HTTP address.
+        routes.setdefault(cl.this.http, []).extend(cluster_routes(lambda: node.membership, bus=None, config=cl))
     at_root: dict[str, Any] = {}
     for n, svc in enumerate(els.logging_services()):
         from starlette.routing import Mount
@@ -349,7 +361,7 @@ def _build_cad(node: Node) -> None:
     from firebox.boxes.telegraph import Timing
     from firebox.cad.data import load_boxes_geojson, load_stations_geojson, units_from_stations
     from firebox.cad.service import Cad, LvfGeocoder
-    from firebox.cad.store import SqliteRepository
+    from firebox.cad.store import open_cad_store
     from firebox.location.shapes import Point
 
     dep = node.deployment
@@ -365,7 +377,8 @@ def _build_cad(node: Node) -> None:
     from firebox.cad.locate import LocationSearch, landmarks_from
 
     cad = Cad(
-        SqliteRepository(_store_url(dep, cfg.store)),
+        # A cluster's nodes share one PostgreSQL (a dispatch locks what it reads: once only).
+        open_cad_store(_shared_db(dep) or _store_url(dep, cfg.store)),
         fqdn=cfg.fqdn or _source(dep, "cad"),
         geocoder=LvfGeocoder(node.lvf) if node.lvf is not None else None,
         boxes=boxes,
@@ -415,6 +428,23 @@ async def start_boxes(node: Node, console: Console | None = None) -> None:
             f"[green]fire alarm telegraph[/green] on udp {host}:{node.box_listener.port} "
             f"({len(node.cad.boxes)} boxes)"
         )
+
+
+def _shared_db(dep: Deployment) -> str | None:
+    """The cluster's PostgreSQL, where durable records are shared (None: one node)."""
+    return dep.cluster.database if dep.cluster is not None else None
+
+
+def cluster_resolver(dep: Deployment, transports: tuple[str, ...]) -> Any:
+    """RFC 3263 over the cluster's nodes (``cluster.nodes`` as SRV data for
+    ``cluster.name``), for a user agent or element listening on ``transports``; None
+    without a cluster."""
+    if dep.cluster is None:
+        return None
+    from firebox.sip.resolve import SipResolver, StaticRecords
+
+    records = StaticRecords.for_cluster(dep.cluster.name, dep.cluster.nodes, transports=("udp", "tcp"))
+    return SipResolver(records, transports=transports)
 
 
 def _store_url(dep: Deployment, store: str) -> str:
@@ -568,7 +598,8 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
             if p.simulated or p.id in handled
         ]
         host, port = _split_listen(cfg.listen)
-        node.agents = PsapAgents(queues, host=host, port=port, ring_seconds=cfg.ring_seconds, hold_seconds=cfg.hold_seconds)
+        node.agents = PsapAgents(queues, host=host, port=port, ring_seconds=cfg.ring_seconds, hold_seconds=cfg.hold_seconds,
+                                 resolver=cluster_resolver(dep, ("udp",)))  # fmt: skip
         try:
             await node.agents.start()
         except OSError as exc:
@@ -663,7 +694,16 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         subscribe_to=[p.uri for p in dep.psaps] if esrp.subscribe_queue_state else (),
         state_expires=esrp.state_expires_seconds,
         divert_to=esrp.divert_to,
+        # In a cluster: Record-Route with the cluster's name, so that any live node carries
+        # a call's later requests (RFC 3263 over the nodes' SRV data).
+        cluster_name=dep.cluster.name if dep.cluster is not None else None,
+        sip_resolver=cluster_resolver(dep, tuple(bcf.transports)),
     )
+    if dep.cluster is not None and dep.cluster.database:
+        from firebox.esrp.worklist import Worklist, open_worklist_store
+
+        # Callbacks outlive this node; delivery claims each entry (one callback made once).
+        node.core.worklist = Worklist(open_worklist_store(dep.cluster.database), node=dep.cluster.node_id)
     try:
         await node.core.start()
     except OSError as exc:
@@ -671,6 +711,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
         node.core = None
         raise SystemExit(f"the BCF could not listen on {bcf.listen} ({'/'.join(bcf.transports)}): {exc.strerror or exc}") from None
     _start_watches(node)
+    await _start_cluster(node, console)
     if console is not None:
         console.print(
             f"[green]BCF + ESRP[/green] listening on sip:{node.core.advertised_host}:{node.core.port} "
@@ -694,6 +735,7 @@ def _start_alerting(node: Node, console: Console | None) -> None:
 
     from firebox.alerting.drafts import AlertArea, AlertManager, AlertPolicy, AlertPsap, AlertTown
     from firebox.alerting.publish import AlertLogger, AlertService, AtomFeed, SpoolIpawsAdapter, WebhookPublisher
+    from firebox.alerting.store import open_alert_store
     from firebox.cap import dsig
 
     dep = node.deployment
@@ -714,7 +756,10 @@ def _start_alerting(node: Node, console: Console | None) -> None:
                     f"http://{host}/alerts")  # fmt: skip
     ipaws = SpoolIpawsAdapter(dep.resolve(cfg.ipaws_spool)) if cfg.ipaws_spool is not None else None
     logger = AlertLogger(node.log_sender, element_id=_source(dep, "alerting"), agency_id=domain) if node.log_sender else None
-    node.alerts = AlertService(AlertManager(area, policy, signer=signer), feed,
+    db = _shared_db(dep)
+    manager = AlertManager(area, policy, signer=signer, store=open_alert_store(db) if db else None,
+                           node=dep.cluster.node_id if db and dep.cluster else None)  # fmt: skip
+    node.alerts = AlertService(manager, feed,
                                webhooks=[WebhookPublisher(str(u)) for u in cfg.webhooks], ipaws=ipaws, logger=logger)  # fmt: skip
     node.monitor.listeners.append(node.alerts.listener)
     node.alerts.start()
@@ -731,7 +776,7 @@ def _start_changes(node: Node, console: Console | None) -> None:
         return
     from firebox.change.apply import ChangeManager
     from firebox.change.core import ChangeKind
-    from firebox.change.store import ChangeStore
+    from firebox.change.store import open_change_store
 
     dep = node.deployment
     els = dep.elements
@@ -747,7 +792,7 @@ def _start_changes(node: Node, console: Console | None) -> None:
     probe_source = node.core.bcf.source_of("127.0.0.1")
     key = _signing_key(node)
     node.changes = ChangeManager(
-        ChangeStore(_store_url(dep, cfg.store)), sources=sources, bcf=node.core.bcf, router=node.core.router,
+        open_change_store(_shared_db(dep) or _store_url(dep, cfg.store)), sources=sources, bcf=node.core.bcf, router=node.core.router,
         monitor=node.monitor, log_sender=node.log_sender, log_store=node.log_store, targets=targets,
         key=key, element_id=f"esrp.{domain}", agency_id=domain,
         ingress_sources={f"bcf.{domain}": probe_source},
@@ -911,6 +956,9 @@ async def _start_call_handling(node: Node, console: Console | None) -> None:
         setups, host=host, port=port, directory={p.id: p.uri for p in dep.psaps}, media_mode=cfg.media,
         record_dir=dep.resolve(cfg.record_dir) if cfg.record_dir is not None else None, logger=node.psap_log,
     )  # fmt: skip
+    if dep.cluster is not None:
+        # Its BYEs and transfers go out along the cluster's name, to whichever node answers.
+        element.core.resolver = cluster_resolver(dep, tuple(element.transports))
     try:
         await element.start()
     except OSError as exc:
@@ -1015,6 +1063,79 @@ def _log_sender(node: Node, element: str) -> Any:
     return sender
 
 
+async def _start_cluster(node: Node, console: Console | None) -> None:
+    """Join the cluster (``cluster:``): the bus on NATS JetStream, this node's heartbeats
+    and its view of the others, and the ESRP's states and outage marks shared with them."""
+    cl = node.deployment.cluster
+    if cl is None or node.core is None:
+        return
+    import firebox
+    from firebox.cluster.bus import NatsBus
+    from firebox.cluster.live import LiveState
+    from firebox.cluster.membership import Membership
+
+    els = node.deployment.elements
+    serving = [name for name in ("bcf", "esrp", "ecrf", "lis", "policy_store", "logging", "call_handling", "cad",
+                                 "console", "monitor", "status_page", "alerting") if getattr(els, name, None) is not None]  # fmt: skip
+    core = node.core
+    node.bus = NatsBus(cl.nats, cl.name, node_id=cl.node_id)
+    try:
+        await node.bus.start()
+    except ConnectionError as exc:
+        raise SystemExit(f"cluster: NATS at {cl.nats} does not answer ({exc}); a cluster node needs it") from None
+    node.membership = Membership(node.bus, cl.node_id, heartbeat_seconds=cl.heartbeat_seconds, describe=lambda: {
+        "serving": serving, "sip": cl.this.sip, "http": cl.this.http,
+        "load": {"calls_in": core.stats.get("calls_in", 0) if isinstance(core.stats, dict) else 0},
+        "version": firebox.__version__,
+    })  # fmt: skip
+    await node.membership.start()
+    node.live = LiveState(node.bus, cl.node_id, core.router.states, view=node.membership.view)
+    await node.live.start()
+    if console is not None:
+        console.print(f"[green]cluster[/green] {cl.name}: node {cl.node_id} of {len(cl.nodes)}, NATS {cl.nats}"
+                      + (", records on PostgreSQL" if cl.database else ""))  # fmt: skip
+
+
+async def _share_outages(node: Node, monitor: Any) -> None:
+    """This node's outages to the others and theirs to this node's status page; a peer
+    node found dead (not this node cut off) is an element outage the detector reports."""
+    from firebox.cluster.live import OutageFeed
+    from firebox.cluster.membership import Health
+
+    cl = node.deployment.cluster
+    assert cl is not None and node.membership is not None
+    node.outage_feed = OutageFeed(node.bus, cl.node_id)
+    monitor.listeners.append(node.outage_feed.listener)
+
+    def peer_outage(update: Any) -> None:
+        if node.status_board is not None:
+            node.status_board.apply_outage(update.outage, time.time())
+
+    node.outage_feed.listeners.append(peer_outage)
+    await node.outage_feed.start()
+
+    def node_health(change: Any) -> None:
+        if change.node_id != cl.node_id and not change.isolated and change.after in (Health.DEAD, Health.ALIVE):
+            monitor.state("element", f"firebox-node:{change.node_id}", "Down" if change.after is Health.DEAD else "Normal")
+
+    node.membership.view.listeners.append(node_health)
+
+
+async def _stop_cluster(node: Node) -> None:
+    if node.outage_feed is not None:
+        await node.outage_feed.stop()
+        node.outage_feed = None
+    if node.live is not None:
+        await node.live.stop()
+        node.live = None
+    if node.membership is not None:
+        await node.membership.stop(leave=True)
+        node.membership = None
+    if node.bus is not None:
+        await node.bus.close()
+        node.bus = None
+
+
 async def start_monitor(node: Node, console: Console | None = None) -> None:
     """The monitor of ``elements.monitor``, once the BCF + ESRP run: a tap on every
     element's i3 log events (the watch), and test calls through the BCF to every PSAP."""
@@ -1042,6 +1163,8 @@ async def start_monitor(node: Node, console: Console | None = None) -> None:
         node.core.call_log.sender = monitor.tap(node.core.call_log.sender)
     await monitor.start()
     node.monitor = monitor
+    if node.bus is not None:
+        await _share_outages(node, monitor)
     if console is not None:
         probes = f"a test call to each of {len(config.targets)} PSAPs every {cfg.probe_period_seconds:g} s" if config.targets else "no test calls"
         console.print(f"[green]monitor[/green]: watching every call's log events; {probes}")
@@ -1078,6 +1201,7 @@ async def stop_sip(node: Node) -> None:
     if node.box_mqtt is not None:
         await node.box_mqtt.aclose()
         node.box_mqtt = None
+    await _stop_cluster(node)
     await _stop_log_senders(node)
 
 
