@@ -136,6 +136,8 @@ class Node:
     #: The cluster (``cluster:``, issue 8): the bus (NATS JetStream), this node's beats and
     #: its view of the others, ESRP states and outage marks shared, peers' outages.
     bus: Any = None
+    #: The BCF's screening answer for the calls it diverts as TDoS suspects.
+    screening: Any = None
     membership: Any = None
     live: Any = None
     outage_feed: Any = None
@@ -718,6 +720,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
             f"({', '.join(bcf.transports)}); send INVITE urn:service:sos"
         )
     await start_monitor(node, console)
+    await _start_screening(node)
     node.tasks.append(asyncio.create_task(_deliver_worklist(node), name="worklist-delivery"))
     _start_changes(node, console)
     await _start_status_page(node, console)
@@ -1063,6 +1066,30 @@ def _log_sender(node: Node, element: str) -> Any:
     return sender
 
 
+async def _start_screening(node: Node) -> None:
+    """The BCF's conditions (a TDoS, its call identifiers failing) go to the detector; the
+    calls it diverts as TDoS suspects get the screening answer (with a callback record;
+    other diverted calls go on as before); an attack ends in quiet, so the BCF's clock
+    ticks every second."""
+    core = node.core
+    assert core is not None
+    if node.monitor is not None:
+        core.bcf.on_condition(node.monitor.condition)
+    from firebox.bcf.screening import ScreeningService
+
+    host = core.advertised_host if core.advertised_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    node.screening = ScreeningService(host, 0)
+    await node.screening.start()
+    core.screen_to = node.screening.uri
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            core.bcf.tick(time.monotonic())
+
+    node.tasks.append(asyncio.create_task(tick(), name="bcf-tick"))
+
+
 async def _start_cluster(node: Node, console: Console | None) -> None:
     """Join the cluster (``cluster:``): the bus on NATS JetStream, this node's heartbeats
     and its view of the others, and the ESRP's states and outage marks shared with them."""
@@ -1198,6 +1225,9 @@ async def stop_sip(node: Node) -> None:
         await node.core.close()  # spools what its call logger still holds
     if node.agents is not None:
         await node.agents.close()
+    if node.screening is not None:
+        await node.screening.close()
+        node.screening = None
     if node.box_mqtt is not None:
         await node.box_mqtt.aclose()
         node.box_mqtt = None

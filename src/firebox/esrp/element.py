@@ -264,6 +264,8 @@ class EmergencyCore:
         #: Where a call the BCF diverts goes first (an announcement and callback service);
         #: ``None``: diverted calls are routed normally, with their callback record.
         self.divert_to = divert_to
+        #: Where TDoS suspects go (the BCF's screening answer); None: ``divert_to``.
+        self.screen_to: str | None = None
         #: Several nodes, one SIP name (issue 8): the cluster name (and aliases) is "us" when
         #: popping Route, and our Record-Route, so a dialog's route set names no single node
         #: and its in-dialog requests reach whichever node is alive (RFC 3263 at the UAs).
@@ -833,20 +835,23 @@ class EmergencyCore:
         if decision.notifications:
             self._notify_policy(decision, forward)
         destinations = list(decision.destinations)
-        if diverted and self.divert_to:
+        # A TDoS suspect goes to the screening answer (``screen_to``, else ``divert_to``);
+        # any other diverted call to ``divert_to`` when there is one.
+        divert = (self.screen_to or self.divert_to) if suspect else self.divert_to
+        if diverted and divert:
             # NENA i3 4.1: a diverted call goes to the announcement-and-callback service;
             # should that fail, the normal route follows (never a dead end).
             destinations.insert(0, Destination(
-                self.divert_to, DestinationKind.DIVERSION, None,
+                divert, DestinationKind.DIVERSION, None,
                 "BCF diverted the call: announcement and callback",
             ))  # fmt: skip
             if suspect:
                 # During a TDoS the screening answer or, failing it, the callback worklist:
                 # a flood must not cascade through every PSAP and business line.
                 del destinations[1:]
-                record.events.append(f"TDoS suspect: to {self.divert_to}, else the callback worklist")
+                record.events.append(f"TDoS suspect: to {divert}, else the callback worklist")
             else:
-                record.events.append(f"diverted to {self.divert_to} first, then the normal route")
+                record.events.append(f"diverted to {divert} first, then the normal route")
         targets = [self._target(d.uri, d.kind) for d in destinations]
         call.transport = self._address(targets[0])[2]
         via_transport = call.transport.upper()
