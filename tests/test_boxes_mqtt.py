@@ -13,7 +13,6 @@ import uuid
 from datetime import UTC, datetime
 
 import aiomqtt
-import pytest
 
 from firebox.boxes.mqtt import BoxMessage, MqttBoxInput, parse_box_message, sign_box_message
 from firebox.boxes.receiver import BoxReceiver

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from firebox.alerting.drafts import AlertDraft, DraftState, Transition
 from firebox.cap.message import MsgType, parse_cap
+from firebox.durable import SharedPostgres
 
 __all__ = [
     "AlertStore",
@@ -130,29 +131,13 @@ _PG_SCHEMA = (
 )
 
 
-class PostgresAlertStore:
+class PostgresAlertStore(SharedPostgres):
     """Drafts and publications in PostgreSQL, shared by the nodes of a cluster: the drafting
     key and the CAP identifier are unique keys, so a race ends in one row and the loser
     reads the winner's."""
 
     def __init__(self, conninfo: str):
-        import psycopg
-
-        self.conninfo = conninfo
-        self._db = psycopg.connect(conninfo, autocommit=True)
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(7244051)")  # two nodes creating the tables at once
-            for stmt in _PG_SCHEMA:
-                self._db.execute(stmt)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _rows(self, sql: str, args: Any = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        super().__init__(conninfo, _PG_SCHEMA, 7244051)  # the lock: two nodes creating the tables at once
 
     def claim(self, key: str, draft: AlertDraft) -> AlertDraft:
         from psycopg.types.json import Jsonb

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from firebox.durable import SharedPostgres
 from firebox.psap.api import LocationView
 
 __all__ = [
@@ -218,7 +219,7 @@ def _pg_entry(r: Any) -> WorklistEntry:
                          r[8], WorklistState(r[9]), r[10], r[11], r[12], r[13])  # fmt: skip
 
 
-class PostgresWorklistStore:
+class PostgresWorklistStore(SharedPostgres):
     """The worklist of every node of a cluster in one PostgreSQL table (psycopg 3), kept by
     Call-ID (the primary key: two nodes reporting one call make one entry). ``claim`` is one
     ``UPDATE ... WHERE state = 'pending' OR (state = 'delivering' AND claimed_until <= now)
@@ -227,23 +228,7 @@ class PostgresWorklistStore:
     by the node's threads behind a lock."""
 
     def __init__(self, conninfo: str):
-        import psycopg
-
-        self.conninfo = conninfo
-        self._db = psycopg.connect(conninfo, autocommit=True)
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(7244031)")  # two nodes creating the table at once
-            for stmt in _PG_SCHEMA:
-                self._db.execute(stmt)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        super().__init__(conninfo, _PG_SCHEMA, 7244031)  # the lock: two nodes creating the tables at once
 
     def add(self, entry: WorklistEntry) -> WorklistEntry:
         from psycopg.types.json import Jsonb
