@@ -303,3 +303,37 @@ def test_an_ingress_outage_is_drafted_for_a_person_never_sent_by_policy(demo):
     assert d.state is DraftState.DRAFT and m.take_outbox() == []
     assert m.on_outages([outage("i1", "element", "ingress carrier-edge-a", "cleared")], T0 + 30) == []
     assert d.state is DraftState.WITHDRAWN
+
+
+@pytest.mark.parametrize(
+    ("scenario", "outages", "public"),
+    [
+        # What the detector declares in each outage replay (firebox.sim.faults), as outages.
+        ("ma-2024-firewall", [("i1", "element", "ingress carrier-edge-a")], True),
+        ("counter-2014", [("c1", "element", "bcf.demo.invalid call-id")], False),  # calls still routed
+        ("config-push-2020", [("s1", "statewide", "all")], True),
+        ("fiber-cut-2024", [("p1", "psap", "psap-01"), ("p2", "psap", "psap-02")], True),
+        ("tdos", [("t1", "element", "bcf.demo.invalid tdos")], False),  # the flood is screened
+        ("psap-evacuation", [("p1", "psap", "psap-03")], True),
+    ],
+)
+def test_the_cap_output_of_each_scenario_validates(demo, scenario, outages, public):
+    """Issue 7: the CAP output of each replay validates (CAP 1.2 and the IPAWS profile), its
+    WEA texts fit, and an outage that does not cut callers off makes no alert; the all-clear
+    validates too."""
+    _, area = demo
+    m = AlertManager(area, AlertPolicy(sender=SENDER))
+    drafts = m.on_outages([outage(*o) for o in outages], T0)
+    if not public:
+        assert drafts == [], scenario
+        return
+    (draft,) = drafts
+    m.approve(draft.id, "alice", T0 + 30)
+    (clear,) = m.on_outages([outage(*o, state="cleared") for o in outages], T0 + 600)
+    m.approve(clear.id, "alice", T0 + 601)
+    for d in (draft, clear):
+        assert d.problems == [], (scenario, d.problems)
+        alert = parse_cap(d.xml)
+        assert ipaws.validate(alert) == [], scenario
+        for info in alert.infos:
+            assert 0 < len(info.parameter("CMAMtext")) <= 90 and 0 < len(info.parameter("CMAMlongtext")) <= 360
