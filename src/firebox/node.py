@@ -1148,18 +1148,30 @@ async def _share_outages(node: Node, monitor: Any) -> None:
     node.membership.view.listeners.append(node_health)
 
 
+async def _bounded(step: Any, seconds: float, what: str) -> None:
+    """Run a stop step for at most ``seconds``: a peer or NATS that does not answer must not
+    keep the node from stopping (the step is cancelled, not awaited further, and logged)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("cluster: %s did not finish within %g s; left behind", what, seconds)
+    elif task.exception() is not None:
+        log.warning("cluster: %s failed: %s", what, task.exception())
+
+
 async def _stop_cluster(node: Node) -> None:
     if node.outage_feed is not None:
-        await node.outage_feed.stop()
+        await _bounded(node.outage_feed.stop(), 5.0, "stopping the outage feed")
         node.outage_feed = None
     if node.live is not None:
-        await node.live.stop()
+        await _bounded(node.live.stop(), 5.0, "stopping the live state")
         node.live = None
     if node.membership is not None:
-        await node.membership.stop(leave=True)
+        await _bounded(node.membership.stop(leave=True), 5.0, "leaving the cluster")
         node.membership = None
     if node.bus is not None:
-        await node.bus.close()
+        await _bounded(node.bus.close(), 10.0, "closing the bus")
         node.bus = None
 
 
