@@ -1112,7 +1112,7 @@ async def _start_cluster(node: Node, console: Console | None) -> None:
         raise SystemExit(f"cluster: NATS at {cl.nats} does not answer ({exc}); a cluster node needs it") from None
     node.membership = Membership(node.bus, cl.node_id, heartbeat_seconds=cl.heartbeat_seconds, describe=lambda: {
         "serving": serving, "sip": cl.this.sip, "http": cl.this.http,
-        "load": {"calls_in": core.stats.get("calls_in", 0) if isinstance(core.stats, dict) else 0},
+        "load": {"calls_in": core.stats["calls_in"]},
         "version": firebox.__version__,
     })  # fmt: skip
     await node.membership.start()
