@@ -333,6 +333,9 @@ class PsapAgentsConfig(_Model):
     hold_seconds: float | None = Field(default=None, gt=0)
     #: Fault demos: a PSAP id -> ``busy`` (503) or ``silent`` (never answers).
     faults: dict[str, AgentMode] = {}
+    #: The agents run elsewhere (one process answering for several nodes of a cluster, or a
+    #: PSAP test bed): this node sends the simulated PSAPs' calls there and runs none itself.
+    remote: Listen | None = None
 
 
 class PositionConfig(_Model):

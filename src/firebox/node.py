@@ -587,7 +587,7 @@ async def start_sip(node: Node, console: Console | None = None) -> Any:
 
         node.ecrf_log_sender = _log_sender(node, "ecrf")
         node.ecrf_log = LostLogger(node.ecrf_log_sender, element_id=_source(dep, "ecrf"), agency_id=dep.authority.domain)
-    if els.psap_agents is not None:
+    if els.psap_agents is not None and els.psap_agents.remote is None:
         from firebox.psap.ua import AgentMode, PsapAgents, Queue
 
         cfg = els.psap_agents
@@ -978,7 +978,10 @@ def sip_resolver(node: Node) -> Any:
     from firebox.sip.errors import SipParseError
 
     dep = node.deployment
-    agents = node.agents
+    remote = dep.elements.psap_agents.remote if dep.elements.psap_agents is not None else None
+    agents = node.agents.address if node.agents is not None else None
+    if remote is not None:
+        agents = (*_split_listen(remote), "udp")
     esrp = dep.elements.esrp
     gateway = esrp.pstn_gateway.rsplit(":", 1)[0].lower() if esrp is not None else None
     simulated = {p.uri for p in dep.psaps if p.simulated}
@@ -992,13 +995,13 @@ def sip_resolver(node: Node) -> Any:
         if agents is None:
             return None
         if uri in simulated:
-            return agents.address
+            return agents
         try:
             parsed = parse_uri(uri)
         except SipParseError:
             return None
         if isinstance(parsed, SipUri) and parsed.host.lower() == gateway:
-            return agents.address
+            return agents
         return None
 
     return resolve
