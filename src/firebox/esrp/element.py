@@ -61,7 +61,10 @@ the call.
 Several nodes (issue 8): with ``cluster_name`` (and ``cluster_aliases``) the element takes
 that name as its own when popping Route and Record-Routes with it (``sip:<name>;lr``), so a
 dialog's route set survives the node that set it up: the user agents resolve the name by
-RFC 3263 (``firebox.sip.resolve``) to any live node, which forwards statelessly. With
+RFC 3263 (``firebox.sip.resolve``) to any live node, which forwards statelessly. With a
+``call_log`` the Record-Route also carries the call's i3 identifiers
+(``sip:<name>;i3c=...;i3i=...;i3f=...;lr``, ``esrp.logevents.route_params``), so the node
+that carries a later BYE logs it, and the call's end, under the call's own identifiers. With
 ``sip_resolver`` next hops that ``resolve`` does not know are located by RFC 3263, and a
 stream target that fails to connect is tried last for a while.
 
@@ -85,7 +88,8 @@ from typing import Any
 
 from firebox.bcf.core import Bcf
 from firebox.bcf.protection import Action
-from firebox.esrp.logevents import CallLogger
+from firebox.esrp.logevents import CallLogger, route_params
+from firebox.esrp.outbound import Outbound
 from firebox.esrp.policy import (
     CallContext,
     CallMedium,
@@ -94,7 +98,6 @@ from firebox.esrp.policy import (
     RouteDecision,
     decide,
 )
-from firebox.esrp.outbound import Outbound
 from firebox.esrp.router import Router
 from firebox.esrp.stateevents import QueueFigures, StateEvents
 from firebox.esrp.worklist import Worklist, WorklistReason
@@ -103,6 +106,7 @@ from firebox.sip.address import SipUri, parse_name_addr, parse_uri
 from firebox.sip.errors import SipParseError
 from firebox.sip.headers import Headers
 from firebox.sip.message import Message, Request, Response, caller_uri, make_response
+from firebox.sip.overload import OverloadGuard, Reject
 from firebox.sip.proxy import (
     CancelTimer,
     Done,
@@ -119,6 +123,7 @@ from firebox.sip.proxy import (
     best_response,
     new_branch,
 )
+from firebox.sip.resolve import SipResolver
 from firebox.sip.transaction import (
     MAGIC_COOKIE,
     ClientNonInviteTransaction,
@@ -137,8 +142,6 @@ from firebox.sip.transaction import (
 )
 from firebox.sip.transaction import CancelTimer as TxCancelTimer
 from firebox.sip.transaction import StartTimer as TxStartTimer
-from firebox.sip.overload import OverloadGuard, Reject
-from firebox.sip.resolve import SipResolver
 from firebox.sip.transport import SipServer, Source, start_sip_server, via_destination
 
 __all__ = ["ALLOW", "Address", "CallRecord", "EmergencyCore", "Resolver"]
@@ -371,7 +374,7 @@ class EmergencyCore:
     def _handle(self, message: Message, source: Source) -> None:
         """The transport's handler: never raises."""
         if self.call_log is not None:
-            self.call_log.received(message, source)
+            self.call_log.received(message, source, self._own_routes(message))
         try:
             if isinstance(message, Response):
                 self._on_response(message, source)
@@ -532,6 +535,19 @@ class EmergencyCore:
         self._servers[key] = entry
         tx.start()
         self._run_stx(key, entry, tx.send_response(response))
+
+    def _own_routes(self, message: Message) -> tuple[str, ...]:
+        """An in-dialog request's leading Route entries that name us (as received, before
+        loose routing pops them): where the call logger finds the i3 identifiers we put
+        in our Record-Route, for a call another node of the cluster set up."""
+        if not isinstance(message, Request) or message.to_tag is None:
+            return ()
+        out: list[str] = []
+        for value in message.headers.get_all("Route"):
+            if not self._is_ours(value):
+                break
+            out.append(value)
+        return tuple(out)
 
     def _top_route_is_ours_only(self, request: Request) -> bool:
         """The Route set is just us (a first request sent to us with a preloaded route)."""
@@ -857,7 +873,7 @@ class EmergencyCore:
         via_transport = call.transport.upper()
         rr = None
         if self.record_route and forward.method == "INVITE":
-            rr = self.record_route_uri + (
+            rr = self.record_route_uri + self._dialog_params(request) + (
                 ";transport=tcp" if source.transport == "tcp" else ""
             )
         try:
@@ -886,6 +902,18 @@ class EmergencyCore:
             )
             return
         self._run(call, events)
+
+    def _dialog_params(self, request: Request) -> str:
+        """The call's i3 identifiers (as the call logger holds them) and caller's From tag
+        as parameters of our Record-Route URI (RFC 3261 19.1.1): any node of the cluster
+        that carries an in-dialog request logs it under the call's own identifiers
+        (NENA-STA-010.3 4.12), with no state shared between nodes. Empty when not logged."""
+        if self.call_log is None:
+            return ""
+        call_id, incident_id = self.call_log.ids(request.call_id)
+        if call_id is None:
+            return ""
+        return route_params(call_id, incident_id, request.from_tag)
 
     def _notify_policy(self, decision: RouteDecision, request: Request) -> None:
         """Send the policy's notify actions: a SIP MESSAGE (RFC 3428) with a JSON summary of

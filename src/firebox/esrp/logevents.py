@@ -19,6 +19,24 @@
 Events of a call received before the BCF assigned its identifiers (the INVITE itself, the
 100 Trying) are held and written, after the ``CallStartLogEvent``, once they are known.
 
+Several nodes (issue 8): the element Record-Routes an INVITE with the call's i3 identifiers
+as parameters of its Record-Route URI (``route_params``; RFC 3261 section 19.1.1: a proxy's
+own URI is its to fill, and it comes back in the Route of every in-dialog request in both
+directions). A node that did not set the call up, given an in-dialog request with that Route
+entry (``received(..., routes=...)``), takes the call's identifiers from it (``route_ids``)
+and logs the request, the responses to it and, for a BYE, the ``CallEndLogEvent`` under the
+original call's i3 Call ID and Incident ID (NENA-STA-010.3 section 4.12: each element logs
+what passes through it). No ``CallStartLogEvent`` there: the call started on the node that
+set it up. A route entry without the parameters (a node of an older release) gives new
+identifiers, said in a log line, rather than no events at all. The format::
+
+    sip:core.example.gov;i3c=<callid>;i3i=<incidentid>;i3f=<caller's From tag>;lr
+
+``<callid>`` / ``<incidentid>``: the identifier without its ``urn:emergency:uid:callid:`` /
+``urn:emergency:uid:incidentid:`` prefix (the whole URN when it has another), every
+character but ``A-Za-z0-9-_.~:`` %-escaped (RFC 3261 section 25.1 ``paramchar``). The From
+tag orients the call's ``to`` / ``from`` when the callee sends the request.
+
 Logging never blocks or fails a call: every method is synchronous and never raises, and
 ``LogSender.send`` is awaited in one background task (in order, errors logged). ``drain``
 waits for the events handed over so far to be spooled and then delivered.
@@ -35,6 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 from firebox.esrp.policy import RouteDecision
 from firebox.logging.events import (
@@ -51,9 +70,11 @@ from firebox.logging.events import (
     new_incident_id,
 )
 from firebox.logging.queue import EventQueue, EventSink
+from firebox.sip.address import SipUri, parse_name_addr, parse_uri
+from firebox.sip.errors import SipParseError
 from firebox.sip.message import Message, Request, serialize
 
-__all__ = ["CallLogger", "EventSink", "LoggedLost", "current_call"]
+__all__ = ["CallLogger", "EventSink", "LoggedLost", "RouteIds", "current_call", "route_ids", "route_params"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +88,62 @@ MAX_CALLS = 10_000
 MAX_PENDING = 200
 
 ROUTE_POLICY_TYPE = "OriginationRoutingPolicy"
+
+#: Record-Route URI parameters carrying a call's i3 identifiers and its caller's From tag.
+RR_CALL, RR_INCIDENT, RR_FROM_TAG = "i3c", "i3i", "i3f"
+_CALL_PREFIX, _INCIDENT_PREFIX = "urn:emergency:uid:callid:", "urn:emergency:uid:incidentid:"
+#: Left as they are in a parameter value: a subset of RFC 3261 25.1 ``paramchar`` (no
+#: ``;``, ``=``, ``,``, ``?``, ``>``, ``%`` unescaped, so the value survives any parser).
+_SAFE = "-_.~:"
+#: In-dialog methods of a call: a Route entry of ours without identifiers on one of these is
+#: a call set up by an older node (a SUBSCRIBE/NOTIFY dialog is not a call).
+_CALL_DIALOG_METHODS = frozenset({"INVITE", "ACK", "BYE", "UPDATE", "INFO", "PRACK", "REFER", "MESSAGE"})
+
+
+def route_params(call_id: str, incident_id: str | None, from_tag: str | None = None) -> str:
+    """``;i3c=...;i3i=...;i3f=...`` for our Record-Route URI (see the module text)."""
+
+    def short(value: str, prefix: str) -> str:
+        if value[: len(prefix)].lower() == prefix:
+            value = value[len(prefix) :]
+        return quote(value, safe=_SAFE)
+
+    out = f";{RR_CALL}={short(call_id, _CALL_PREFIX)}"
+    if incident_id:
+        out += f";{RR_INCIDENT}={short(incident_id, _INCIDENT_PREFIX)}"
+    if from_tag:
+        out += f";{RR_FROM_TAG}={quote(from_tag, safe=_SAFE)}"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteIds:
+    """What a Route entry of ours tells about its call (``None``: not there)."""
+
+    call_id: str | None
+    incident_id: str | None
+    from_tag: str | None
+
+
+def route_ids(route: str) -> RouteIds:
+    """The identifiers ``route_params`` put in a Route / Record-Route value (``<uri>`` or a
+    bare URI); ``RouteIds(None, None, None)`` when it has none or does not parse."""
+    try:
+        uri = parse_name_addr(route).uri if "<" in route else parse_uri(route)
+    except SipParseError:
+        return RouteIds(None, None, None)
+    if not isinstance(uri, SipUri):
+        return RouteIds(None, None, None)
+
+    def full(name: str, prefix: str) -> str | None:
+        value = uri.params.get(name)
+        if not value:
+            return None
+        value = unquote(value)
+        return value if value[:4].lower() == "urn:" else prefix + value
+
+    tag = uri.params.get(RR_FROM_TAG)
+    return RouteIds(full(RR_CALL, _CALL_PREFIX), full(RR_INCIDENT, _INCIDENT_PREFIX), unquote(tag) if tag else None)
 
 
 @dataclass(slots=True)
@@ -121,13 +198,21 @@ class CallLogger(EventQueue):
 
     # --- what the element tells ---------------------------------------------------------
 
-    def received(self, message: Message, source: Any) -> None:
-        """A SIP message came in (before the element acts on it)."""
-        self._guard(self._signaling, message, Direction.INCOMING, source)
+    def received(self, message: Message, source: Any, routes: tuple[str, ...] = ()) -> None:
+        """A SIP message came in (before the element acts on it). ``routes``: for an
+        in-dialog request, its leading Route entries that name this element (or its
+        cluster), as received: where a call set up by another node is recognised."""
+        self._guard(self._signaling, message, Direction.INCOMING, source, routes)
 
     def sending(self, message: Message, dest: Any) -> None:
         """A SIP message goes out."""
         self._guard(self._signaling, message, Direction.OUTGOING, dest)
+
+    def ids(self, sip_call_id: str) -> tuple[str | None, str | None]:
+        """The i3 ``(callId, incidentId)`` of a call (``(None, None)`` until known): what
+        the element puts in its Record-Route."""
+        state = self.calls.get(sip_call_id)
+        return (state.call_id, state.incident_id) if state is not None else (None, None)
 
     def identified(self, sip_call_id: str, call_id: str | None, incident_id: str | None) -> None:
         """The BCF marked the call (``None``: it did not; the element assigns identifiers):
@@ -212,7 +297,7 @@ class CallLogger(EventQueue):
             return
         self.emit(event)
 
-    def _signaling(self, message: Message, direction: Direction, peer: Any) -> None:
+    def _signaling(self, message: Message, direction: Direction, peer: Any, routes: tuple[str, ...] = ()) -> None:
         try:
             sip_call_id = message.call_id
         except Exception:  # noqa: BLE001 -- no Call-ID: not a call's message
@@ -221,12 +306,16 @@ class CallLogger(EventQueue):
             return
         state = self._state(sip_call_id)
         if state is None:
-            if not (isinstance(message, Request) and message.method in ("INVITE", "MESSAGE")
-                    and direction is Direction.INCOMING and message.to_tag is None):  # fmt: skip
+            if not (isinstance(message, Request) and direction is Direction.INCOMING):
                 return
-            state = self._state(sip_call_id, create=True)
-            assert state is not None
-            state.to, state.from_ = message.headers.get("To"), message.headers.get("From")
+            if message.method in ("INVITE", "MESSAGE") and message.to_tag is None:
+                state = self._state(sip_call_id, create=True)
+                assert state is not None
+                state.to, state.from_ = message.headers.get("To"), message.headers.get("From")
+            elif message.to_tag is not None and routes:
+                state = self._adopt(message, routes)
+            if state is None:
+                return
         if self.signaling:
             event = CallSignalingMessageLogEvent(
                 timestamp=_now(), text=_text(message), direction=direction,
@@ -235,6 +324,35 @@ class CallLogger(EventQueue):
             self._emit(state, event)
         if isinstance(message, Request) and message.method == "BYE" and direction is Direction.INCOMING:
             self._ended(sip_call_id, "BYE")
+
+    def _adopt(self, request: Request, routes: tuple[str, ...]) -> _CallState | None:
+        """An in-dialog request of a call another node set up (it reached us through our
+        Route entry): the call's state under the identifiers in that entry, without a
+        ``CallStartLogEvent`` (logged where the call started)."""
+        found = next((ids for ids in map(route_ids, routes) if ids.call_id), None)
+        if found is None and request.method not in _CALL_DIALOG_METHODS:
+            return None
+        state = self._state(request.call_id, create=True)
+        assert state is not None
+        to, from_ = request.headers.get("To"), request.headers.get("From")
+        if found is not None and found.from_tag is not None and request.from_tag != found.from_tag:
+            to, from_ = from_, to  # the callee's request: the call's From is its To
+        state.to, state.from_ = to, from_
+        call_id = found.call_id if found is not None else None
+        incident_id = found.incident_id if found is not None else None
+        if call_id is None or check_uid(call_id, "callid") is not None:
+            if call_id is not None:
+                log.warning("i3 call logging: bad call identifier %r in the Route of %s %s",
+                            call_id, request.method, request.call_id)  # fmt: skip
+            else:
+                log.warning("i3 call logging: %s of call %s (set up elsewhere) names no i3 identifiers "
+                            "in its Route (a node of an older release?): logged under new ones",
+                            request.method, request.call_id)  # fmt: skip
+            call_id = new_call_id(self.element_id)
+        if incident_id is None or check_uid(incident_id, "incidentid") is not None:
+            incident_id = new_incident_id(self.element_id)
+        state.call_id, state.incident_id = call_id, incident_id
+        return state
 
     def _assign(self, state: _CallState, call_id: str | None = None, incident_id: str | None = None) -> None:
         if state.call_id is not None:
