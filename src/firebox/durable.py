@@ -41,25 +41,35 @@ def write(lock: threading.Lock, conn: sqlite3.Connection) -> Iterator[sqlite3.Cu
 
 class SharedPostgres:
     """One psycopg 3 connection (autocommit; explicit transactions) to the PostgreSQL a
-    cluster's nodes share, used by a store's threads one at a time (``_lock``). The schema
-    is created under a transaction-level advisory lock, so that two nodes starting at once
-    do not race on ``CREATE ... IF NOT EXISTS``."""
+    cluster's nodes share, used by a store's threads one at a time. The schema is created
+    under a transaction-level advisory lock, so that two nodes starting at once do not race
+    on ``CREATE ... IF NOT EXISTS``.
+
+    The connection is a ``firebox.pglink.PgLink``: lost (a partition, a failover), it fails
+    fast with ``DatabaseUnavailable`` naming the database, and the next call reconnects.
+    ``with self._lock:`` is a session on the link (it serialises the threads, reconnects
+    first if needed, and names the database in a lost-connection error); inside it,
+    ``self._db`` is the session's connection."""
 
     def __init__(self, conninfo: str, schema: Iterable[str], lock_key: int) -> None:
-        import psycopg
+        from firebox.pglink import PgLink
 
         self.conninfo = conninfo
-        self._db = psycopg.connect(conninfo, autocommit=True)
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        self._link = PgLink(conninfo)
+        self._lock = self._link
+        with self._lock as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
             for stmt in schema:
-                self._db.execute(stmt)
-        self._lock = threading.Lock()
+                db.execute(stmt)
+
+    @property
+    def _db(self) -> Any:
+        """The connection (use under ``self._lock``)."""
+        return self._link.conn
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._link.close()
 
     def _rows(self, sql: str, args: Any = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._lock as db:
+            return db.execute(sql, args).fetchall()

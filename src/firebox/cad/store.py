@@ -266,25 +266,33 @@ class PostgresCadStore:
 
     One connection per store (one per node), shared by the node's threads behind a lock, in
     autocommit with explicit transactions; commits are durable with PostgreSQL's defaults
-    (``synchronous_commit=on``)."""
+    (``synchronous_commit=on``). The connection is a ``firebox.pglink.PgLink``: lost (a
+    partition, a failover), the action that meets the loss fails with ``DatabaseUnavailable``
+    naming the database (its transaction rolled back by the server; a lost ``COMMIT`` is
+    reported as of unknown outcome), nothing is retried, and the next action reconnects."""
 
     def __init__(self, conninfo: str):
-        import psycopg
+        from firebox.pglink import PgLink
 
         self.conninfo = conninfo
-        self._db = psycopg.connect(conninfo, autocommit=True)
-        self._db.execute("SET TIME ZONE 'UTC'")
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(7244021)")  # two nodes creating the tables at once
+        # The link is the store's lock too (reentrant): a transaction and its statements are
+        # one session on one connection, never reconnected in the middle.
+        self._link = PgLink(conninfo, setup=("SET TIME ZONE 'UTC'",))
+        self._lock = self._link
+        with self._lock as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(7244021)")  # two nodes creating the tables at once
             for stmt in _PG_SCHEMA:
-                self._db.execute(stmt)
-        self._lock = threading.RLock()
+                db.execute(stmt)
         self._depth = 0
         self._local = threading.local()
 
+    @property
+    def _db(self) -> Any:
+        """The session's connection (use under ``self._lock``)."""
+        return self._link.conn
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._link.close()
 
     # --- transactions and versions ------------------------------------------------------
 
@@ -297,25 +305,38 @@ class PostgresCadStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._lock:
+        import psycopg
+
+        from firebox.pglink import DatabaseUnavailable, lost
+
+        with self._lock as db:
             outer = self._depth == 0
             if outer:
-                self._db.execute("BEGIN")
+                db.execute("BEGIN")
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
                 if outer:
-                    self._db.execute("ROLLBACK")
                     self._seen().clear()
+                    if not lost(db):  # a lost connection's transaction is rolled back by the server
+                        db.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if outer:
-                self._db.execute("COMMIT")
-                # What was read before this action has been written or checked: a later
-                # action reads again.
+                # What was read before this action has been written or checked (or the
+                # action failed): a later action reads again.
                 self._seen().clear()
+                try:
+                    db.execute("COMMIT")
+                except psycopg.OperationalError as exc:
+                    if lost(db):
+                        raise DatabaseUnavailable(
+                            f"{self._link.where}: connection lost during COMMIT ({exc}); whether the action was "
+                            "stored is unknown: read it again before repeating it"
+                        ) from exc
+                    raise
 
     def _get(self, table: str, key: str) -> Any:
         import psycopg

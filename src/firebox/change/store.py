@@ -143,26 +143,34 @@ class PostgresChangeStore:
     tables (``change_`` prefixed, beside the other stores in one database) and the same
     semantics. ``change_log`` is append-only by triggers refusing UPDATE, DELETE and
     TRUNCATE; ``next_version`` is one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``, so
-    two nodes never hand out one version number twice."""
+    two nodes never hand out one version number twice.
+
+    The connection is a ``firebox.pglink.PgLink``: lost (a partition, a failover), a call
+    fails fast with ``DatabaseUnavailable`` naming the database and the next one
+    reconnects; nothing is retried."""
 
     def __init__(self, conninfo: str):
-        import psycopg
+        from firebox.pglink import PgLink
 
         self.conninfo = conninfo
-        self.conn = psycopg.connect(conninfo, autocommit=True)
-        self.lock = threading.Lock()
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(7244041)")  # two nodes creating the tables at once
+        self._link = PgLink(conninfo)
+        self.lock = self._link  # a session on the link: one thread at a time, reconnecting first
+        with self.lock as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7244041)")  # two nodes creating the tables at once
             for statement in _PG_SCHEMA:
-                self.conn.execute(statement)
+                conn.execute(statement)
+
+    @property
+    def conn(self) -> Any:
+        """The current connection."""
+        return self._link.conn
 
     def close(self) -> None:
-        with self.lock:
-            self.conn.close()
+        self._link.close()
 
     def _rows(self, sql: str, args: Any = ()) -> list[Any]:
-        with self.lock:
-            return self.conn.execute(sql, args).fetchall()
+        with self.lock as conn:
+            return conn.execute(sql, args).fetchall()
 
     def next_version(self, kind: ChangeKind, target: str) -> int:
         """A new version number for the target's rules (1, 2, ...; never handed out twice)."""
@@ -178,15 +186,15 @@ class PostgresChangeStore:
         transaction."""
         from psycopg.types.json import Jsonb
 
-        with self.lock, self.conn.transaction():
-            self.conn.execute(
+        with self.lock as conn, conn.transaction():
+            conn.execute(
                 "INSERT INTO change_changes (id, kind, target, version, stage, created, doc) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET stage = EXCLUDED.stage, doc = EXCLUDED.doc",
                 (change.id, change.kind.value, change.target, change.version, change.stage.value, change.created,
                  Jsonb(change.to_dict())),
             )  # fmt: skip
-            self.conn.execute(
+            conn.execute(
                 "INSERT INTO change_log (change_id, at, action, stage, detail) VALUES (%s, %s, %s, %s, %s)",
                 (change.id, change.updated or change.created, action, change.stage.value,
                  Jsonb(detail or {"reason": change.reason})),

@@ -220,30 +220,40 @@ def _holder(row: Any) -> Holder | None:
 
 class PgClaims:
     """Claims on PostgreSQL (sync; one connection, serialised by a lock, so a
-    :class:`PgClaims` may be shared by threads). ``table``: a plain name."""
+    :class:`PgClaims` may be shared by threads). ``table``: a plain name.
+
+    The connection is a ``firebox.pglink.PgLink``: while the database is unreachable every
+    call fails fast with ``DatabaseUnavailable`` (a ``psycopg.OperationalError`` naming the
+    database), the next call after that reconnects; nothing is retried (a claim whose answer
+    was lost may have been granted: its lease ends on its own)."""
 
     def __init__(self, dsn: str, *, table: str = DEFAULT_TABLE) -> None:
-        import psycopg
+        from firebox.pglink import PgLink
 
         self.sql = _Sql(table)
-        self._lock = threading.Lock()
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        with self._lock, self.conn.transaction():
+        self._link = PgLink(dsn)
+        self._lock = self._link
+        with self._lock as conn, conn.transaction():
             for statement in self.sql.create:
-                self.conn.execute(statement)
+                conn.execute(statement)
+
+    @property
+    def conn(self) -> Any:
+        """The current connection (tests: a transaction around calls)."""
+        return self._link.conn
 
     def close(self) -> None:
-        self.conn.close()
+        self._link.close()
 
     def drop(self) -> None:
         """Remove the table and its sequence (tests)."""
-        with self._lock:
+        with self._lock as conn:
             for statement in self.sql.drop:
-                self.conn.execute(statement)
+                conn.execute(statement)
 
     def _one(self, statement: str, params: dict[str, Any]) -> Any:
-        with self._lock:
-            return self.conn.execute(statement, params).fetchone()
+        with self._lock as conn:
+            return conn.execute(statement, params).fetchone()
 
     def claim(self, key: str, owner: str, lease_seconds: float) -> Grant | None:
         row = self._one(self.sql.claim, {"key": key, "owner": owner, "lease": _check_lease(lease_seconds)})
@@ -264,37 +274,40 @@ class PgClaims:
 
 
 class AsyncPgClaims:
-    """Claims on PostgreSQL for asyncio code: ``await AsyncPgClaims.connect(dsn)``."""
+    """Claims on PostgreSQL for asyncio code: ``await AsyncPgClaims.connect(dsn)``. Lost
+    connections as in :class:`PgClaims` (``firebox.pglink.AsyncPgLink``)."""
 
-    def __init__(self, conn: Any, sql: _Sql) -> None:
-        import asyncio
-
-        self.conn = conn
+    def __init__(self, link: Any, sql: _Sql) -> None:
+        self.link = link
         self.sql = sql
-        self._lock = asyncio.Lock()
+
+    @property
+    def conn(self) -> Any:
+        """The current connection (None once lost and not yet reopened)."""
+        return self.link.conn
 
     @classmethod
     async def connect(cls, dsn: str, *, table: str = DEFAULT_TABLE) -> AsyncPgClaims:
-        import psycopg
+        from firebox.pglink import AsyncPgLink
 
         sql = _Sql(table)
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        async with conn.transaction():
+        link = AsyncPgLink(dsn)
+        async with link as conn, conn.transaction():
             for statement in sql.create:
                 await conn.execute(statement)
-        return cls(conn, sql)
+        return cls(link, sql)
 
     async def close(self) -> None:
-        await self.conn.close()
+        await self.link.close()
 
     async def drop(self) -> None:
-        async with self._lock:
+        async with self.link as conn:
             for statement in self.sql.drop:
-                await self.conn.execute(statement)
+                await conn.execute(statement)
 
     async def _one(self, statement: str, params: dict[str, Any]) -> Any:
-        async with self._lock:
-            cursor = await self.conn.execute(statement, params)
+        async with self.link as conn:
+            cursor = await conn.execute(statement, params)
             return await cursor.fetchone()
 
     async def claim(self, key: str, owner: str, lease_seconds: float) -> Grant | None:

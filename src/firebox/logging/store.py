@@ -490,48 +490,39 @@ class PostgresStore(LogStore):
     """PostgreSQL through psycopg 3. Appends lock the one ``log_head`` row (``SELECT ... FOR
     UPDATE``), so the chain stays linear whatever the number of writers and processes, and
     update it in the same transaction. Commits are durable with PostgreSQL's defaults
-    (``synchronous_commit=on``, ``fsync=on``)."""
+    (``synchronous_commit=on``, ``fsync=on``).
+
+    Each connection (the writer, every reader) is a ``firebox.pglink.PgLink``: one lost
+    (server restart, terminated session, a partition) fails the request that met it with
+    ``DatabaseUnavailable`` naming the database; the next request on it reconnects."""
 
     PH = "%s"
 
     def __init__(self, conninfo: str, *, readers: int = 4):
+        from firebox.pglink import PgLink
+
         self.conninfo = conninfo
-        self._lock = threading.Lock()
-        self._writer = self._connect(autocommit=False)
-        with self._writer.cursor() as cur:
+        self._writer = PgLink(conninfo, autocommit=False)
+        with self._writer as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7244011)")  # two processes creating at once
             for stmt in _PG_SCHEMA:
                 cur.execute(stmt)
-        self._writer.commit()
-        self._readers = _Pool([self._connect(autocommit=True) for _ in range(readers)], self._renew)
-
-    def _connect(self, *, autocommit: bool) -> Any:
-        import psycopg
-
-        return psycopg.connect(self.conninfo, autocommit=autocommit)
-
-    def _renew(self, conn: Any) -> Any:
-        """A new connection in place of one that broke (server restart, terminated session):
-        the request that met the break failed; the next one works again."""
-        if conn.closed or conn.broken:
-            conn.close()
-            return self._connect(autocommit=True)
-        return conn
+            conn.commit()
+        self._readers = _Pool([PgLink(conninfo) for _ in range(readers)])
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self._lock:
-            if self._writer.closed or self._writer.broken:
-                self._writer.close()
-                self._writer = self._connect(autocommit=False)
+        from firebox.pglink import lost
+
+        with self._writer as conn:
             try:
-                with self._writer.cursor() as cur:
+                with conn.cursor() as cur:
                     yield cur
             except BaseException:
-                if not self._writer.broken:
-                    self._writer.rollback()
+                if not lost(conn):
+                    conn.rollback()
                 raise
-            self._writer.commit()
+            conn.commit()
 
     def _head(self, cur: Any) -> tuple[int, str]:
         cur.execute("SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE")
@@ -547,13 +538,12 @@ class PostgresStore(LogStore):
         return (int(r[0][0]), str(r[0][1])) if r else None
 
     def _select(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        with self._readers.take() as conn:
+        with self._readers.take() as link, link as conn:
             return conn.execute(sql, list(args)).fetchall()
 
     def close(self) -> None:
-        with self._lock:
-            for conn in [self._writer, *self._readers.all]:
-                conn.close()
+        for link in [self._writer, *self._readers.all]:
+            link.close()
 
 
 def open_store(url: str, *, readers: int = 4) -> LogStore:

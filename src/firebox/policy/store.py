@@ -384,49 +384,53 @@ class SqliteStore(PolicyStore):
 class PostgresStore(PolicyStore):
     """PostgreSQL through psycopg 3: a writer connection (one transaction per operation, the
     policy's row locked ``FOR UPDATE``) and a reader connection in autocommit. Commits are
-    durable with PostgreSQL's defaults (``synchronous_commit=on``, ``fsync=on``)."""
+    durable with PostgreSQL's defaults (``synchronous_commit=on``, ``fsync=on``).
+
+    Both connections are ``firebox.pglink.PgLink``: one lost (a partition, a failover)
+    fails the operation that met it with ``DatabaseUnavailable`` naming the database, and
+    the next operation reconnects (nothing is retried)."""
 
     PH = "%s"
     _lock_clause = " FOR UPDATE"
 
     def __init__(self, conninfo: str):
-        import psycopg
+        from firebox.pglink import PgLink
 
         self.conninfo = conninfo
-        self._lock = threading.Lock()
-        self._rlock = threading.Lock()
-        self._writer = psycopg.connect(conninfo, autocommit=False)
-        with self._writer.cursor() as cur:
+        self._writer = PgLink(conninfo, autocommit=False)
+        with self._writer as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7244012)")  # two processes creating at once
             for stmt in _SCHEMA:
                 cur.execute(stmt.replace("BLOB", "BYTEA"))
-        self._writer.commit()
-        self._reader = psycopg.connect(conninfo, autocommit=True)
+            conn.commit()
+        self._reader = PgLink(conninfo)
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
         import psycopg
 
-        with self._lock:
+        from firebox.pglink import lost
+
+        with self._writer as conn:
             try:
-                with self._writer.cursor() as cur:
+                with conn.cursor() as cur:
                     yield cur
             except psycopg.errors.UniqueViolation as exc:  # a create raced by another process
-                self._writer.rollback()
+                conn.rollback()
                 raise PolicyExists(None) from exc
             except BaseException:
-                self._writer.rollback()
+                if not lost(conn):
+                    conn.rollback()
                 raise
-            self._writer.commit()
+            conn.commit()
 
     def _select(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        with self._rlock:
-            return self._reader.execute(sql, list(args)).fetchall()
+        with self._reader as conn:
+            return conn.execute(sql, list(args)).fetchall()
 
     def close(self) -> None:
-        with self._lock, self._rlock:
-            self._writer.close()
-            self._reader.close()
+        self._writer.close()
+        self._reader.close()
 
 
 def open_store(url: str) -> PolicyStore:
