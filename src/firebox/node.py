@@ -412,9 +412,18 @@ async def start_boxes(node: Node, console: Console | None = None) -> None:
 
         m = cfg.box_mqtt
         key = dep.resolve(m.hmac_key_file).read_bytes().strip() if m.hmac_key_file else None
+        claims, owner = None, None
+        if dep.cluster is not None:
+            # Every node receives every box message (its own session): one claims each alarm.
+            owner = dep.cluster.node_id
+            if dep.cluster.database:
+                from firebox.cluster.once import PgClaims
+
+                claims = PgClaims(dep.cluster.database)
         node.box_mqtt = MqttBoxInput(
             node.box_receiver, url=m.url, topic=m.topic, hmac_key=key,
-            client_id=m.client_id or f"firebox-boxes-{_source(dep, 'cad')}",
+            client_id=m.client_id or f"firebox-boxes-{_source(dep, 'cad')}" + (f"-{owner}" if owner else ""),
+            claims=claims, owner=owner,
         )  # fmt: skip
         node.box_mqtt.start()
         if console is not None:
@@ -1245,6 +1254,8 @@ async def stop_sip(node: Node) -> None:
         node.screening = None
     if node.box_mqtt is not None:
         await node.box_mqtt.aclose()
+        if node.box_mqtt.claims is not None:
+            node.box_mqtt.claims.close()
         node.box_mqtt = None
     await _stop_cluster(node)
     await _stop_log_senders(node)

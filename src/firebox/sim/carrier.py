@@ -106,6 +106,8 @@ class CallResult:
     #: The SIP Call-ID (the ESRP's ``records`` key) and the ingress route that carried it.
     call_id: str | None = None
     route: str | None = None
+    #: The final answer to the carrier's BYE (the call released), None when none came.
+    bye_status: int | None = None
 
 
 @dataclass(slots=True)
@@ -378,8 +380,10 @@ class Carrier:
         contact = final.headers.get("Contact")
         if uac.remote_bye.is_set():
             return CallResult(Outcome.ANSWERED, final.status, setup_ms, "psap", contact, final.reason, answered_at)
-        await self._bye(dialog, uac)
-        return CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier", contact, final.reason, answered_at)
+        bye_status = await self._bye(dialog, uac)
+        result = CallResult(Outcome.ANSWERED, final.status, setup_ms, "carrier", contact, final.reason, answered_at)
+        result.bye_status = bye_status
+        return result
 
     def _dialog(self, invite: Request, ok: Response, tag: str) -> Dialog:
         """The UAC's dialog of a 2xx (RFC 3261 12.1.2): route set the 2xx's Record-Route in
@@ -397,8 +401,9 @@ class Carrier:
             remote_seq=0,
         )
 
-    async def _bye(self, dialog: Dialog, uac: _Uac) -> None:
-        """BYE (RFC 3261 15.1.1), retransmitted on Timer E until any final answer (bounded)."""
+    async def _bye(self, dialog: Dialog, uac: _Uac) -> int | None:
+        """BYE (RFC 3261 15.1.1), retransmitted on Timer E until any final answer (bounded):
+        that answer's status, or None when none came."""
         bye, to = dialog.request("BYE", self._via())
         loop = asyncio.get_running_loop()
         failover = RequestFailover.for_request(bye, self.resolver, to, loop.time())
@@ -436,8 +441,9 @@ class Carrier:
             failover.succeeded()
             fail_at = deadline  # it has the BYE
             if response.status >= 200:
-                return
+                return response.status
         log.info("carrier: no answer to BYE of %s", dialog.call_id)
+        return None
 
     async def _cancel(self, invite: Request, uac: _Uac, ingress: Address | None = None) -> None:
         """CANCEL a ringing INVITE (RFC 3261 9.1) and wait, bounded, for its 487."""
