@@ -11,8 +11,9 @@ itself once it is back, without a restart. :class:`PgLink` holds one psycopg con
   two hours; a value the URL sets itself wins;
 * ``with link as conn:`` serialises the store's threads (reentrant: a store's transaction
   and the statements inside share one session) and, at the start of the outermost session
-  only, replaces a connection found closed or broken, re-running the per-connection
-  ``setup`` statements (a ``SET``);
+  only, replaces a connection found closed, broken, or closed by the peer while idle (one
+  non-blocking poll of its socket), re-running the per-connection ``setup`` statements (a
+  ``SET``);
 * a statement that meets a lost connection raises :class:`DatabaseUnavailable` (a
   ``psycopg.OperationalError``) naming the database. Nothing is retried here: a write
   whose outcome is unknown is the caller's to decide about (a CAD action must not be
@@ -23,6 +24,7 @@ itself once it is back, without a restart. :class:`PgLink` holds one psycopg con
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 from collections.abc import Sequence
 from types import TracebackType
@@ -31,7 +33,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["AsyncPgLink", "DatabaseUnavailable", "PgLink", "connect", "describe", "link_params", "lost"]
+__all__ = ["AsyncPgLink", "DatabaseUnavailable", "PgLink", "connect", "describe", "link_params", "lost",
+           "unavailable"]
 
 #: libpq parameters set unless the URL sets them: a connection attempt gives up after 5 s;
 #: an idle link is probed after 10 s, every 5 s, and declared dead after 3 probes
@@ -75,9 +78,27 @@ def lost(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) ->
     return conn is None or conn.closed or conn.broken
 
 
-def _unavailable(where: str, what: str, exc: BaseException) -> DatabaseUnavailable:
-    return DatabaseUnavailable(f"{where}: {what} ({type(exc).__name__}: {str(exc).strip()}); "
-                               "the next call reconnects")  # fmt: skip
+def _dead_while_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
+    """``lost``, or an idle connection the server (or a link in between) has closed since its
+    last use: an idle connection has nothing to read, so a readable socket is read (one
+    non-blocking poll) and an end of stream or a reset marks it broken. Thus a connection
+    reset while idle is replaced before a statement is sent on it."""
+    if lost(conn):
+        return True
+    assert conn is not None
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if readable:
+            conn.pgconn.consume_input()  # a notice or parameter status is only buffered
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return conn.pgconn.status != psycopg.pq.ConnStatus.OK
+
+
+def unavailable(where: str, what: str, exc: BaseException) -> DatabaseUnavailable:
+    """The error for ``exc`` (raise it ``from exc``): one line, the database first."""
+    cause = " ".join(str(exc).split())  # libpq's messages span lines
+    return DatabaseUnavailable(f"{where}: {what} ({type(exc).__name__}: {cause}); the next call reconnects")
 
 
 def connect(conninfo: str, *, autocommit: bool = True, setup: Sequence[str] = ()) -> psycopg.Connection[Any]:
@@ -86,7 +107,7 @@ def connect(conninfo: str, *, autocommit: bool = True, setup: Sequence[str] = ()
     try:
         conn = psycopg.connect(link_params(conninfo), autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise _unavailable(describe(conninfo), "cannot connect", exc) from exc
+        raise unavailable(describe(conninfo), "cannot connect", exc) from exc
     try:
         for statement in setup:
             conn.execute(statement)
@@ -125,7 +146,7 @@ class PgLink:
         try:
             if self._closed:
                 raise psycopg.OperationalError(f"{self.where}: the store is closed")
-            if self._depth == 0 and lost(self._conn):
+            if self._depth == 0 and _dead_while_idle(self._conn):
                 self._reopen()
             assert self._conn is not None
         except BaseException:
@@ -140,7 +161,7 @@ class PgLink:
             self._depth -= 1
             if (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, DatabaseUnavailable)
                     and lost(self._conn) and not self._closed):  # fmt: skip
-                raise _unavailable(self.where, "connection lost", exc) from exc
+                raise unavailable(self.where, "connection lost", exc) from exc
         finally:
             self._mutex.release()
 
@@ -181,7 +202,7 @@ class AsyncPgLink:
         try:
             if self._closed:
                 raise psycopg.OperationalError(f"{self.where}: the store is closed")
-            if lost(self._conn):
+            if _dead_while_idle(self._conn):
                 await self._reopen()
             assert self._conn is not None
         except BaseException:
@@ -194,7 +215,7 @@ class AsyncPgLink:
         try:
             if (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, DatabaseUnavailable)
                     and lost(self._conn) and not self._closed):  # fmt: skip
-                raise _unavailable(self.where, "connection lost", exc) from exc
+                raise unavailable(self.where, "connection lost", exc) from exc
         finally:
             self._lock.release()
 
@@ -206,7 +227,7 @@ class AsyncPgLink:
         try:
             conn = await psycopg.AsyncConnection.connect(link_params(self.conninfo), autocommit=self.autocommit)
         except psycopg.OperationalError as exc:
-            raise _unavailable(self.where, "cannot connect", exc) from exc
+            raise unavailable(self.where, "cannot connect", exc) from exc
         try:
             for statement in self.setup:
                 await conn.execute(statement)

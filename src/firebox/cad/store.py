@@ -307,7 +307,7 @@ class PostgresCadStore:
     def transaction(self) -> Iterator[None]:
         import psycopg
 
-        from firebox.pglink import DatabaseUnavailable, lost
+        from firebox.pglink import lost, unavailable
 
         with self._lock as db:
             outer = self._depth == 0
@@ -332,10 +332,9 @@ class PostgresCadStore:
                     db.execute("COMMIT")
                 except psycopg.OperationalError as exc:
                     if lost(db):
-                        raise DatabaseUnavailable(
-                            f"{self._link.where}: connection lost during COMMIT ({exc}); whether the action was "
-                            "stored is unknown: read it again before repeating it"
-                        ) from exc
+                        what = ("connection lost during COMMIT: whether the action was stored is unknown, "
+                                "read it again before repeating it")
+                        raise unavailable(self._link.where, what, exc) from exc
                     raise
 
     def _get(self, table: str, key: str) -> Any:

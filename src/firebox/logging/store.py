@@ -39,7 +39,7 @@ import queue
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -393,12 +393,11 @@ class LogStore(ABC):
 
 
 class _Pool(Generic[T]):
-    """A fixed set of connections handed out one at a time (readers). ``renew`` (optional)
-    replaces a connection found unusable (a PostgreSQL session that was terminated)."""
+    """A fixed set of connections handed out one at a time (readers; on PostgreSQL, links
+    that reconnect themselves)."""
 
-    def __init__(self, conns: list[T], renew: Callable[[T], T] | None = None):
+    def __init__(self, conns: list[T]):
         self.all = list(conns)
-        self._renew = renew
         self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
         for c in conns:
             self._free.put(c)
@@ -407,11 +406,6 @@ class _Pool(Generic[T]):
     def take(self) -> Iterator[T]:
         conn = self._free.get()
         try:
-            if self._renew is not None:
-                fresh = self._renew(conn)
-                if fresh is not conn:
-                    self.all = [fresh if c is conn else c for c in self.all]
-                    conn = fresh
             yield conn
         finally:
             self._free.put(conn)
