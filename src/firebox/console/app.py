@@ -72,7 +72,7 @@ from firebox.cad.model import (
 )
 from firebox.cad.service import Cad
 from firebox.console.audit import AuditEntry, ConsoleAudit
-from firebox.console.auth import ConsoleUser, Permission, Session, Sessions, verify_password, AuthError
+from firebox.console.auth import ConsoleUser, Permission, Session, Sessions, SessionStore, verify_password, AuthError
 from firebox.console.live import LiveHub, poll_cad, pump_call_handling
 from firebox.console.resilience import ConsoleKit, ResilienceSource, poll_resilience, resilience_routes
 
@@ -119,7 +119,7 @@ class ConsoleState:
     audit: ConsoleAudit
     call_handling: Any
     hub: LiveHub
-    sessions: Sessions
+    sessions: SessionStore
     clock: Callable[[], datetime]
     gis: Callable[[], dict[str, Any]] | None
     leaflet_dir: Path | None
@@ -180,6 +180,7 @@ def console_app(
     secure_cookie: bool = False,
     resilience: ResilienceSource | None = None,
     alerts: Any | None = None,
+    sessions: SessionStore | None = None,
 ) -> Starlette:
     """The console application.
 
@@ -197,7 +198,9 @@ def console_app(
     (behind HTTPS). ``resilience``: the monitor's outages, states and the callback
     worklist for the supervisor's state view (``resilience.resilience_source(node)``);
     ``alerts``: public alert approval (``firebox.alerting.http.AlertDesk``); None: those
-    pages say the node has none.
+    pages say the node has none. ``sessions``: where signed-in sessions live (None: in this
+    process, ``Sessions(session_secret)``; a cluster's nodes share
+    ``firebox.console.sessions_pg.PgSessions`` so a console survives moving to another node).
     """
     leaflet = Path(leaflet_dir) if leaflet_dir is not None else None
     if leaflet is not None and not (leaflet / "leaflet.js").is_file():
@@ -211,7 +214,7 @@ def console_app(
         gis_source = gis
     st = ConsoleState(
         cad=cad, users=users, audit=audit, call_handling=call_handling, hub=LiveHub(),
-        sessions=Sessions(session_secret or secrets.token_bytes(32)), clock=clock, gis=gis_source,
+        sessions=sessions if sessions is not None else Sessions(session_secret or secrets.token_bytes(32)), clock=clock, gis=gis_source,
         leaflet_dir=leaflet, cad_poll_s=cad_poll_s,
     )  # fmt: skip
     env = jinja2.Environment(
@@ -313,7 +316,7 @@ def console_app(
                     if request.method == "POST":
                         doc = await form(request)
                         token = request.headers.get("x-csrf-token") or one(doc, "csrf")
-                        if not same_origin(request) or not Sessions.csrf_ok(session, token):
+                        if not same_origin(request) or not st.sessions.csrf_ok(session, token):
                             raise _Problem(403, "Cross-site request refused", [("csrf", "missing or wrong CSRF token, or another origin")],
                                            audit_outcome="denied: csrf")  # fmt: skip
                     else:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "PERMISSIONS",
@@ -32,6 +32,7 @@ __all__ = [
     "Permission",
     "Role",
     "Session",
+    "SessionStore",
     "Sessions",
     "demo_users",
     "hash_password",
@@ -199,6 +200,22 @@ class Session:
     started: datetime
     last_seen: datetime
     notices: list[str] = field(default_factory=list)  # shown once on the next page
+
+
+class SessionStore(Protocol):
+    """What the console needs of a session store: the in-memory ``Sessions`` (one node) or
+    ``firebox.console.sessions_pg.PgSessions`` (a cluster's nodes on one PostgreSQL). A
+    cookie is ``id.signature`` in both, so one secret makes their cookies interchangeable."""
+
+    def start(self, user: ConsoleUser, now: datetime) -> tuple[Session, str]: ...
+
+    def get(self, cookie: str | None, now: datetime) -> Session | None: ...
+
+    def end(self, session: Session) -> None: ...
+
+    def of_user(self, name: str) -> list[Session]: ...
+
+    def csrf_ok(self, session: Session, token: str | None) -> bool: ...
 
 
 class Sessions:
