@@ -27,10 +27,12 @@ per request is small enough to ask the database every time rather than cache goo
 When PostgreSQL cannot be reached (a failover, a partition): a console must not be thrown out
 in the middle of a call, nor the node's event loop stall. So:
 
-* a statement that fails, or has not answered within ``wait_s``, marks the store *down*; while
-  down no caller waits at all: a probe (reconnect, then the writes kept back, then ``SELECT
-  1``) runs on the thread, at most once a second, and the store is *up* again when one
-  succeeds. The loop is blocked at most ``wait_s`` once per outage;
+* a statement that fails, or has not answered within ``wait_s``, marks the store *down* (one
+  that has not answered has its connection's socket shut down, so the thread is free again
+  even when the peer is a frozen proxy that acknowledges and never answers); while down no
+  caller waits at all: a probe (reconnect, then the writes kept back, then ``SELECT 1``) runs
+  on the thread, at most once a second (and is broken off after 5 s), and the store is *up*
+  again when one succeeds. The loop is blocked at most ``wait_s`` once per outage;
 * while down, ``get`` fails closed for a cookie this node has not served in the last
   ``grace`` (one minute): a session it has served within that minute keeps working from this
   node's memory (and stays served as long as its console keeps asking: its ``last_seen`` here
