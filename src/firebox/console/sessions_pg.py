@@ -44,7 +44,7 @@ in the middle of a call, nor the node's event loop stall. So:
   the other nodes do not know the new session, and still accept the ended one;
 * ``of_user`` answers from this node's memory.
 
-Connections: ``connect_timeout`` 2 s, ``tcp_user_timeout`` 2 s and TCP keepalives (a server
+Connections (unless the URL sets its own): ``connect_timeout`` 2 s, ``tcp_user_timeout`` 2 s and TCP keepalives (a server
 that vanished breaks the connection instead of hanging the thread), ``statement_timeout`` 2 s
 (a server that is slow or waiting on a lock). Expired rows are deleted at each sign-in.
 """
@@ -91,6 +91,10 @@ _LOCK_KEY = 7244051
 _PROBE_S = 5.0
 
 Statement = tuple[str, tuple[Any, ...]]
+#: libpq parameters unless the URL sets them: tighter than ``firebox.pglink``'s, as a
+#: console's every request waits on this link.
+_LINK = {"connect_timeout": "2", "tcp_user_timeout": "2000", "keepalives": "1", "keepalives_idle": "5",
+         "keepalives_interval": "2", "keepalives_count": "2"}  # fmt: skip
 
 
 class _Unavailable(Exception):
@@ -115,10 +119,11 @@ class _Worker:
 
     def connect(self) -> Any:
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+        given = conninfo_to_dict(self.conninfo)  # a value the URL sets itself wins
         conn = psycopg.connect(
-            self.conninfo, autocommit=True, connect_timeout=2, tcp_user_timeout=2000,
-            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+            make_conninfo(self.conninfo, **{k: v for k, v in _LINK.items() if k not in given}), autocommit=True,
         )  # fmt: skip
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("SET statement_timeout = '2s'")
