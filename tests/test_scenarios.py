@@ -26,8 +26,14 @@ SPEED = {"tdos": 10.0}
 FAULT_FOR = {"tdos": 10.0}
 
 
+#: Scenarios run by their own test file (they need more than this one process).
+OWN_FILE = {"node-loss": "a second node, PostgreSQL and NATS: tests/test_scenario_node_loss.py runs it"}
+
+
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_scenario(name, tmp_path):
+    if name in OWN_FILE:
+        pytest.skip(OWN_FILE[name])
     cfg = ScenarioConfig(name, speed=SPEED.get(name, 20.0), surge=10.0, warmup=3.0, fault_for=FAULT_FOR.get(name, 8.0),
                          tail=2.0, work_dir=tmp_path)  # fmt: skip
     result = (await run_scenario(cfg)).as_dict()

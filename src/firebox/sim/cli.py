@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from firebox.sim.faults import FAULTS
+from firebox.sim.faults import FAULTS, NodeLossFault
 
 __all__ = ["scenario_app"]
 
@@ -38,8 +38,13 @@ def run(
     html_out: Path | None = typer.Option(None, "--html", help="write the HTML report here"),
     deployment: Path | None = typer.Option(None, "--deployment", exists=True, dir_okay=False,
                                            help="run on this deployment instead of the demo state"),  # fmt: skip
+    database: str | None = typer.Option(None, "--database", help="the cluster's PostgreSQL for node-loss "
+                                        "(default $FIREBOX_SCENARIO_DATABASE or the local 'test' database)"),  # fmt: skip
+    nats: str | None = typer.Option(None, "--nats", help="the cluster's NATS JetStream for node-loss "
+                                    "(default $FIREBOX_SCENARIO_NATS or nats://127.0.0.1:4222)"),  # fmt: skip
 ) -> None:
     """Run one scenario and print its figures; exit 1 when a criterion is not met."""
+    from firebox.sim.peer import ClusterServicesUnavailable, PeerStartFailed
     from firebox.sim.report import render_html
     from firebox.sim.scenario import ScenarioConfig, run_scenario
 
@@ -47,9 +52,21 @@ def run(
     if name not in FAULTS:
         console.print(f"[red]unknown scenario {name!r}[/red]; known: {', '.join(FAULTS)}")
         raise typer.Exit(2)
+    if name == NodeLossFault.name and deployment is not None:
+        console.print(f"[red]{name} runs on the demo state[/red] (it writes node B's deployment next to A's): "
+                      "drop --deployment")  # fmt: skip
+        raise typer.Exit(2)
+    cluster = {k: v for k, v in (("database", database), ("nats", nats)) if v is not None}
     cfg = ScenarioConfig(name, speed=speed, surge=surge, warmup=warmup, fault_for=fault_for, tail=tail,
-                         deployment=deployment)  # fmt: skip
-    result = asyncio.run(run_scenario(cfg)).as_dict()
+                         deployment=deployment, **cluster)  # fmt: skip
+    try:
+        result = asyncio.run(run_scenario(cfg)).as_dict()
+    except ClusterServicesUnavailable as exc:
+        console.print(f"[red]{name} needs a cluster's PostgreSQL and NATS JetStream:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except PeerStartFailed as exc:
+        console.print(f"{name}: {exc}", markup=False, highlight=False)  # the log's tail, as written
+        raise typer.Exit(2) from None
     table = Table("figure", "value", title=f"{name}: {result['title']}")
     for key in ("intended", "alternate", "business_line", "worklist", "lost"):
         table.add_row(key.replace("_", " "), str(result["counts"][key]))

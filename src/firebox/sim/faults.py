@@ -24,6 +24,9 @@ of the running node where it can, as the real cause did:
 * ``psap-evacuation``: a PSAP goes out of service on purpose: its queue Disabled ("by
   management action", NENA-STA-010.3 section 10.17) and its ServiceState Down, in the state
   table the ESRP reads and to the monitor.
+* ``node-loss``: node B of a two-node cluster, a ``firebox serve`` child process the
+  carrier's first ingress route goes to, is killed with SIGKILL under load (calls in progress
+  through it included) and started again from the same files (``firebox.sim.peer``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -126,6 +130,28 @@ class Fault(abc.ABC):
     notes: list[str] = field(default_factory=list)
     #: When the fault's own routing change took effect (e.g. a rolled-back policy installed).
     rerouted_at: float | None = None
+    #: Where the carrier's first ingress route (``ROUTE_A``) goes, if not to the firewall
+    #: relay in front of the in-process node (``node-loss``: to node B).
+    route_a: tuple[str, int] | None = None
+
+    def sip_resolver(self) -> Any:
+        """A new RFC 3263 resolver of the cluster's name for one carrier's in-dialog requests
+        (in a cluster the ESRP Record-Routes with that name); None: one node, nothing to
+        resolve."""
+        return None
+
+    async def prepare(self, cfg: Any, work: Path | None, deployment: Path) -> None:
+        """Before the in-process node is built from ``deployment`` (``work`` is the run's
+        own directory, None on a given deployment): a fault may rewrite the file."""
+
+    async def start(self, node: Any, monitor: Any) -> None:
+        """After the node's SIP elements started, before the monitor starts."""
+
+    def call_done(self, call: CallRow, results: list[Any]) -> None:
+        """A call of the load ended (``results``: the carrier's, one per route tried)."""
+
+    async def close(self) -> None:
+        """At the end of the run, before the node stops (never raises)."""
 
     @abc.abstractmethod
     async def inject(self, node: Any, harness: Harness) -> None: ...
@@ -518,8 +544,174 @@ class TdosFault(Fault):
         }
 
 
+@dataclass
+class NodeLossFault(Fault):
+    """A node of a two-node cluster dies (issue 8): node B, a ``firebox serve`` child
+    process and the carrier's first ingress route, is SIGKILLed under load, calls in
+    progress through it included; healed by starting it again from the same files
+    (``firebox.sim.peer``). Node A (in process) carries on: the carrier's route list moves
+    on after B says nothing (RFC 3263 section 4.3 as an SBC does it), calls up through B are
+    released through A (the ESRP Record-Routes with the cluster's name), and A's detector
+    reports B (its heartbeats stop: dead after 10 missed, ``firebox-node:node-b``) or
+    the probes through B's route fail, whichever comes first."""
+
+    name: ClassVar[str] = "node-loss"
+    title: ClassVar[str] = "a cluster node (the carrier's first ingress) is killed with SIGKILL under load"
+    pair: Any = None  # firebox.sim.peer.ClusterPair
+    process: Any = None  # firebox.cluster.process.NodeProcess
+    killed_at: float | None = None
+    restarted_at: float | None = None  # node B served /cluster again
+    healed_at: float | None = None
+    restart_error: str | None = None
+    #: Calls through B at the kill: up (answered before it), or still being set up.
+    up_at_kill: list[dict[str, Any]] = field(default_factory=list)
+    setting_up_at_kill: list[dict[str, Any]] = field(default_factory=list)
+    through_b_after_restart: int = 0
+    #: Confirmations after the kill by each path (epoch seconds), and their clearing: B's
+    #: heartbeats (membership: dead after 10 missed) and the probes through B's route.
+    confirmed: dict[str, float] = field(default_factory=dict)
+    cleared: dict[str, float] = field(default_factory=dict)
+    _restart: asyncio.Task[None] | None = None
+    _deployment: Path | None = None
+
+    def sip_resolver(self) -> Any:
+        from firebox.deployment import load_deployment
+        from firebox.node import cluster_resolver
+
+        assert self._deployment is not None
+        return cluster_resolver(load_deployment(self._deployment), ("udp",))
+
+    async def prepare(self, cfg: Any, work: Path | None, deployment: Path) -> None:
+        from firebox.sim.peer import prepare_pair
+
+        if work is None:
+            raise ValueError("node-loss runs on the demo state (node B's deployment is written next to A's), "
+                             "not on a given deployment")  # fmt: skip
+        self.pair = prepare_pair(deployment, work, seed=cfg.seed, n_towns=cfg.n_towns, database=cfg.database,
+                                 nats=cfg.nats)  # fmt: skip
+        self._deployment = deployment
+        self.route_a = ("127.0.0.1", self.pair.b_sip)
+
+    async def start(self, node: Any, monitor: Any) -> None:
+        from firebox.cluster.membership import Health
+        from firebox.node import _share_outages
+        from firebox.sim.peer import NODE_B, start_peer
+
+        self.process = self.pair.process()
+        await start_peer(self.pair, self.process)
+        if node.bus is None or node.membership is None:
+            raise RuntimeError("node A is not part of the cluster (no bus): node-loss needs it")
+        # A's detector hears of B's health as a deployed node's monitor does (the node's own
+        # wiring, start_monitor's).
+        await _share_outages(node, monitor)
+        monitor.listeners.append(self._on_update)
+        for _ in range(300):  # bounded: 15 s for A to see B's heartbeats
+            if node.membership.view.health(NODE_B, time.time()) is Health.ALIVE:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"node A never saw node B alive; node B's log:\n{self.process.tail()}")
+
+    def _on_update(self, update: Any) -> None:
+        outage = update.outage
+        if self.killed_at is None or outage["scope"] != "element":
+            return
+        path = "heartbeats" if "firebox-node:" in str(outage["key"]) else "probes" if ROUTE_A in str(outage["key"]) else None
+        if path is None:
+            return
+        book = self.confirmed if outage["state"] == "confirmed" else self.cleared if outage["state"] == "cleared" else None
+        if book is not None:
+            book.setdefault(path, time.time())
+
+    async def inject(self, node: Any, harness: Harness) -> None:
+        self.killed_at = time.time()
+        self.process.kill()
+
+    async def heal(self, node: Any, harness: Harness) -> None:
+        # Started in the background: the load goes on while B starts (it takes seconds).
+        self.healed_at = time.time()
+        self._restart = asyncio.create_task(self._start_again(), name="node-b-restart")
+
+    async def _start_again(self) -> None:
+        from firebox.sim.peer import start_peer
+
+        try:
+            await start_peer(self.pair, self.process)
+        except Exception as exc:  # noqa: BLE001 -- reported in the figures, with B's log
+            self.restart_error = str(exc)
+            log.warning("node-loss: %s", exc)
+            return
+        self.restarted_at = time.time()
+
+    async def close(self) -> None:
+        from firebox.sim.peer import stop_peer
+
+        if self._restart is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._restart), 100.0)
+        if self.process is not None:
+            await stop_peer(self.process)
+
+    def call_done(self, call: CallRow, results: list[Any]) -> None:
+        k = self.killed_at
+        if self.restarted_at is not None and call.answered and call.route == ROUTE_A and (call.answered_at or 0) > self.restarted_at:
+            self.through_b_after_restart += 1
+        if k is None or not results or results[0].route != ROUTE_A or call.started >= k:
+            return
+        if call.ended is not None and call.ended <= k:
+            return
+        first = results[0]
+        if first.answered_at is not None and first.answered_at <= k:
+            # Up through B at the kill: released if the PSAP's BYE reached the caller or the
+            # caller's BYE got its final answer (both through A: B is gone).
+            bye = getattr(first, "bye_status", None)
+            released = first.ended_by == "psap" or (bye is not None and 200 <= bye < 300)
+            self.up_at_kill.append({"n": call.n, "call_id": first.call_id, "ended_by": first.ended_by,
+                                    "bye_status": bye, "released": released, "ended": call.ended})  # fmt: skip
+        else:
+            self.setting_up_at_kill.append({"n": call.n, "call_id": first.call_id, "category": call.category,
+                                            "route": call.route, "routes_tried": list(call.routes_tried)})  # fmt: skip
+
+    def rerouted(self, call: CallRow) -> bool:
+        # carried by the other ingress route (node A) and answered
+        return call.answered and call.route == ROUTE_B
+
+    def expected(self, outage: dict[str, Any]) -> bool:
+        from firebox.sim.peer import NODE_B
+
+        key = str(outage["key"])
+        return outage["scope"] == "element" and (key.endswith(f"firebox-node:{NODE_B}") or ROUTE_A in key)
+
+    def figures(self) -> dict[str, Any]:
+        up = self.up_at_kill
+        return {
+            "killed_at": self.killed_at, "restart_started_at": self.healed_at, "restarted_at": self.restarted_at,
+            "restart_s": (self.restarted_at - self.healed_at) if self.restarted_at and self.healed_at else None,
+            "restart_error": self.restart_error, "node_b_starts": self.process.starts if self.process else 0,
+            "node_b_log": str(self.pair.b_log) if self.pair else None,
+            "cluster": self.pair.name if self.pair else None,
+            "up_at_kill": len(up), "up_at_kill_released": sum(1 for c in up if c["released"]),
+            "up_at_kill_not_released": [c for c in up if not c["released"]],
+            "setting_up_at_kill": len(self.setting_up_at_kill),
+            "setting_up_at_kill_answered": sum(1 for c in self.setting_up_at_kill
+                                               if c["category"] in ("intended", "alternate", "business_line")),
+            "setting_up_calls": self.setting_up_at_kill,
+            "through_b_after_restart": self.through_b_after_restart,
+            # kill -> confirmed, by path; restart started -> the outage cleared, by path
+            "detect_by": {p: round(at - self.killed_at, 3) for p, at in self.confirmed.items()} if self.killed_at else {},
+            "cleared_after_restart": {p: round(at - self.healed_at, 3) for p, at in self.cleared.items()}
+            if self.healed_at else {},
+        }  # fmt: skip
+
+    def criteria(self, rows: list[CallRow]) -> dict[str, bool]:
+        return {
+            "in_progress_released": all(c["released"] for c in self.up_at_kill),
+            "node_b_restarted": self.restarted_at is not None,
+        }
+
+
 FAULTS: dict[str, type[Fault]] = {
-    f.name: f for f in (FirewallFault, CounterFault, ConfigPushFault, FiberCutFault, TdosFault, EvacuationFault)
+    f.name: f for f in (FirewallFault, CounterFault, ConfigPushFault, FiberCutFault, TdosFault, EvacuationFault,
+                         NodeLossFault)
 }
 
 

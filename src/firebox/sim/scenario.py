@@ -35,6 +35,7 @@ from typing import Any
 
 from firebox.sim.faults import ROUTE_A, ROUTE_B, Fault, FirewallRelay, fault
 from firebox.sim.load import CallGenerator, LoadModel, PlannedCall, towns_from_deployment, towns_from_state
+from firebox.sim.peer import default_database, default_nats
 from firebox.sim.public import PublicChannelProbe
 
 __all__ = ["CATEGORIES", "CallRow", "Harness", "ScenarioConfig", "ScenarioResult", "run_scenario"]
@@ -82,6 +83,10 @@ class ScenarioConfig:
     fault: str | None = None
     #: Measure the public channels (status page, alert drafts, box alarms: ``sim.public``).
     public: bool = False
+    #: The cluster's PostgreSQL and NATS JetStream, for a fault with a second node
+    #: (``node-loss``); unused otherwise.
+    database: str = field(default_factory=default_database)
+    nats: str = field(default_factory=default_nats)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -284,6 +289,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     else:
         path, state = cfg.deployment, None
         http_port = None
+    if the_fault is not None:
+        await the_fault.prepare(cfg, work if cfg.deployment is None else None, path)
     public = PublicChannelProbe(PublicChannelProbe.enable(path)) if cfg.public and state is not None else None
     dep = load_deployment(path)
     node = build_node(dep, console=Console(quiet=True))
@@ -305,8 +312,11 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     mcfg = config_from_node(node, regions=regions, probe_period=cfg.probe_period, probe_answer_timeout=3.0, tick=0.25,
                             notify=NotifyConfig(webhooks=(hook_url,), backoff=0.1,
                                                 contact={"name": "NOC", "phone": "+1 617 555 0100"}))  # fmt: skip
-    mcfg.ingresses = [Ingress(ROUTE_A, "127.0.0.1", fw_port), Ingress(ROUTE_B, "127.0.0.1", node.core.port)]
+    route_a = the_fault.route_a if the_fault is not None and the_fault.route_a else ("127.0.0.1", fw_port)
+    mcfg.ingresses = [Ingress(ROUTE_A, *route_a), Ingress(ROUTE_B, "127.0.0.1", node.core.port)]
     monitor = Monitor(mcfg)
+    if the_fault is not None:
+        await the_fault.start(node, monitor)
     if node.core.call_log is not None:
         node.core.call_log.sender = monitor.tap(node.core.call_log.sender)
     routing = OutageRouting(node.core.router.states, mcfg.psaps, mcfg.regions)
@@ -314,6 +324,9 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     updates: list[tuple[float, Any]] = []
     monitor.listeners.append(lambda u: updates.append((time.time(), u)))
     await monitor.start()
+    if the_fault is not None and monitor.runner is not None:
+        for probe_carrier in monitor.runner.carriers.values():
+            probe_carrier.resolver = the_fault.sip_resolver()
     bcf = node.core.bcf
     bcf.on_condition(monitor.condition)
     conditions: list[tuple[float, Any]] = []
@@ -336,9 +349,10 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     harness = Harness(node, state, monitor, routing, firewall, f"http://127.0.0.1:{http_port}/policy",
                       dep.authority.domain, node.core.port, psaps, ids, alternates, victim, towns,
                       rate=gen.model.rate(0) * cfg.speed, screening=screening)  # fmt: skip
-    carrier = Carrier(("127.0.0.1", fw_port, "udp"), domain=f"carrier.{dep.authority.domain}", answer_timeout=15.0)
+    carrier = Carrier(("127.0.0.1", fw_port, "udp"), domain=f"carrier.{dep.authority.domain}", answer_timeout=15.0,
+                      resolver=the_fault.sip_resolver() if the_fault is not None else None)  # fmt: skip
     await carrier.start()
-    route_list = RouteList([IngressRoute(ROUTE_A, ("127.0.0.1", fw_port, "udp")),
+    route_list = RouteList([IngressRoute(ROUTE_A, (*route_a, "udp")),
                             IngressRoute(ROUTE_B, ("127.0.0.1", node.core.port, "udp"))])  # fmt: skip
     routed = RoutedCarrier(carrier, route_list, provisional_timeout=1.0)
     await routed.start()
@@ -364,6 +378,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         _classify(row, results, node, uri_to_psap)
         if row.answered:
             row.answered_at = next((r.answered_at for r in reversed(results) if getattr(r, "answered_at", None)), None)
+        if the_fault is not None:
+            the_fault.call_done(row, results)
 
     try:
         if public is not None:
@@ -419,6 +435,8 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     finally:
         for task in list(tasks):
             task.cancel()
+        if the_fault is not None:
+            await the_fault.close()
         await routed.close()
         await carrier.close()
         await monitor.stop(drain=5.0)

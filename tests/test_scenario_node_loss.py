@@ -1,0 +1,51 @@
+"""The ``node-loss`` outage replay, shortened (issue 8): node B of a two-node cluster (a
+``firebox serve`` child process, the carrier's first ingress route) is SIGKILLed under a
+10x surge, with calls up through it, and started again. On the real PostgreSQL (a scratch
+database) and NATS JetStream of this machine; real SIP and HTTP on 127.0.0.1; every wait
+bounded. Asserts: no call lost, B's loss detected within 10 s by node A, calls carried
+through A within 2 s of that, no other outage declared, every call up through B at the kill
+released (through A), and B back in the cluster after the heal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pg_kit import pg_url  # noqa: F401 -- a fixture
+
+from firebox.sim.report import render_html
+from firebox.sim.scenario import (
+    DETECT_WITHIN,
+    REROUTE_WITHIN,
+    ScenarioConfig,
+    run_scenario,
+)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "firebox.monitor.watch counts a call it saw only in-dialog (a BYE of a call set up through another node, "
+    "logged here since 7064cee) as a failed call: node A declares a statewide outage before the kill, which "
+    "masks node B's; the fix (a CallEnd of a call whose start this node never saw settles nothing) is in "
+    "the node-loss report"))
+async def test_node_loss(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    cfg = ScenarioConfig("node-loss", speed=20.0, surge=10.0, warmup=3.0, fault_for=8.0, tail=3.0, work_dir=tmp_path,
+                         database=pg_url)  # fmt: skip
+    result = (await run_scenario(cfg)).as_dict()
+    assert "node-loss" in render_html(result)
+    counts, figures = result["counts"], result["fault_figures"]
+    assert result["offered"] >= 20, result["offered"]
+    assert sum(counts.values()) == result["offered"]
+    assert counts["lost"] == 0, (result["lost_calls"], figures["setting_up_calls"])
+    assert result["detect_s"] is not None and result["detect_s"] <= DETECT_WITHIN, (result["detect_s"], result["updates"])
+    assert result["detected_outage"]["scope"] == "element", result["detected_outage"]
+    assert result["reroute_s"] is not None and result["reroute_s"] <= REROUTE_WITHIN, result["reroute_raw_s"]
+    assert not result["spurious_outages"], result["spurious_outages"]
+    # Calls were up through B when it died, and each was released (B was gone: through A).
+    assert figures["up_at_kill"] > 0, figures
+    assert figures["up_at_kill_released"] == figures["up_at_kill"], figures["up_at_kill_not_released"]
+    # The carrier moved on to node A; after the heal B is back and carries calls again.
+    assert counts["intended"] + counts["alternate"] == result["offered"], counts
+    assert any(r["route"] == "carrier-edge-b" for r in result["calls"])
+    assert figures["restarted_at"] is not None, (figures["restart_error"], figures["node_b_log"])
+    assert figures["node_b_starts"] == 2
+    assert result["passed"], result["criteria"]
