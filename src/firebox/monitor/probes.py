@@ -277,8 +277,12 @@ class ProbeRunner:
                 task.add_done_callback(self._running.discard)
             wait = min(max(self.planner.next_due() - self.clock(), 0.01), 1.0)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when
+            # the event is set in the same step as stop()'s cancel, swallowing the cancel,
+            # and this loop (and stop(), awaiting it) never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def run(self, probe: Probe) -> ProbeResult:
         """Place one probe now and judge it."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import tempfile
@@ -38,6 +39,8 @@ from firebox.sim.load import CallGenerator, LoadModel, PlannedCall, towns_from_d
 from firebox.sim.peer import default_database, default_nats
 from firebox.sim.public import PublicChannelProbe
 
+log = logging.getLogger(__name__)
+
 __all__ = ["CATEGORIES", "CallRow", "Harness", "ScenarioConfig", "ScenarioResult", "run_scenario"]
 
 CATEGORIES = ("intended", "alternate", "business_line", "worklist", "lost")
@@ -47,6 +50,9 @@ REROUTE_WITHIN = 2.0
 NOTIFY_WITHIN = 60.0
 #: Bound on waiting for the last calls to end after the load stops.
 DRAIN_SECONDS = 20.0
+#: Bound on stopping the node (``stop_sip``: its log senders drain for up to
+#: ``node.LOG_DRAIN_SECONDS``, what is left stays in their spools).
+STOP_NODE_SECONDS = 90.0
 
 
 def free_port() -> int:
@@ -194,6 +200,17 @@ class ScenarioResult:
         return out
 
 
+async def _bounded(step: str, work: Any, seconds: float, overruns: list[str]) -> None:
+    """Await one teardown step for at most ``seconds``; an overrun is named, logged and the
+    teardown goes on (a part that does not stop must not keep the rest running)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await work
+    except TimeoutError:
+        overruns.append(step)
+        log.warning("scenario teardown: %s did not stop within %.0f s", step, seconds)
+
+
 async def _webhook_receiver() -> tuple[str, list[tuple[float, dict[str, Any]]], Any, asyncio.Task[None]]:
     import uvicorn
     from starlette.applications import Starlette
@@ -209,7 +226,8 @@ async def _webhook_receiver() -> tuple[str, list[tuple[float, dict[str, Any]]], 
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))  # fmt: skip
+                                           port=port, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=5))  # fmt: skip
     task = asyncio.create_task(server.serve())
     await until(lambda: server.started, "the webhook receiver", 15.0)
     return f"http://127.0.0.1:{port}/hook", hooks, server, task
@@ -298,7 +316,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
     for listen, app in node.apps.items():
         host, _, port = str(listen).rpartition(":")
         server = uvicorn.Server(uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning",
-                                               lifespan="off"))  # fmt: skip
+                                               lifespan="off", timeout_graceful_shutdown=5))  # fmt: skip
         servers.append((server, asyncio.create_task(server.serve())))
     for server, _task in servers:
         await until(lambda s=server: s.started, "the HTTP server", 30.0)
@@ -433,27 +451,36 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
                             "the outage's first notification", 60.0)  # fmt: skip
         ended = time.time()
     finally:
+        # Every step is bounded: a part that does not stop is named (figures["teardown"])
+        # and the rest still stops, in this order: the load and the probes, then the node
+        # (stop_sip drains its log senders while the Logging Services are still up), then
+        # the HTTP servers.
+        teardown_t0 = time.monotonic()
+        overruns: list[str] = []
         for task in list(tasks):
             task.cancel()
         if the_fault is not None:
-            await the_fault.close()
-        await routed.close()
-        await carrier.close()
-        await monitor.stop(drain=5.0)
+            await _bounded("fault", the_fault.close(), 60.0, overruns)
+        await _bounded("carrier routes", routed.close(), 10.0, overruns)
+        await _bounded("carrier", carrier.close(), 10.0, overruns)
+        await _bounded("monitor", monitor.stop(drain=5.0), 30.0, overruns)
         if screening is not None:
-            await screening.close()
+            await _bounded("screening", screening.close(), 10.0, overruns)
         if public is not None:
-            await public.stop()
+            await _bounded("public channels", public.stop(), 10.0, overruns)
         firewall.close()
-        await stop_sip(node)
+        await _bounded("node", stop_sip(node), STOP_NODE_SECONDS, overruns)
         if http is not None:
-            await http.aclose()
+            await _bounded("node HTTP client", http.aclose(), 10.0, overruns)
         hook_server.should_exit = True
         for server, _task in servers:
             server.should_exit = True
-        await asyncio.gather(hook_task, *(t for _s, t in servers), return_exceptions=True)
+        await _bounded("HTTP servers", asyncio.gather(hook_task, *(t for _s, t in servers), return_exceptions=True),
+                       30.0, overruns)  # fmt: skip
         if node.policy_store is not None:
             node.policy_store.close()
+        teardown = {"seconds": round(time.monotonic() - teardown_t0, 2), "overruns": overruns,
+                    "log_delivery": dict(node.log_figures)}  # fmt: skip
         if tmp is not None:
             tmp.cleanup()
 
@@ -489,6 +516,7 @@ async def run_scenario(cfg: ScenarioConfig) -> ScenarioResult:  # noqa: C901 -- 
         "bcf_conditions": [{**c.as_dict(), "received": at} for at, c in conditions],
         "screening": screening.counts() if screening is not None else None,
         "notifications_by_outage": _per_outage([h for _t, h in hooks]),
+        "teardown": teardown,
     }
     if public is not None:
         seen = public.figures(fault_at=fault_at, detected_at=detected_at, healed_at=healed_at, detected=detected,
