@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 
 from firebox.sip.message import Request as SipRequest
+from firebox.sip.message import Response as SipResponse
 from firebox.sip.message import make_response, parse_message, serialize
 
 if TYPE_CHECKING:
@@ -571,6 +572,10 @@ class NodeLossFault(Fault):
     #: heartbeats (membership: dead after 10 missed) and the probes through B's route.
     confirmed: dict[str, float] = field(default_factory=dict)
     cleared: dict[str, float] = field(default_factory=dict)
+    #: The fault's own call, ringing through B when B is killed (by construction: the kill
+    #: waits for its 180), and what became of it.
+    ringing_call: dict[str, Any] = field(default_factory=dict)
+    _ringing: asyncio.Task[None] | None = None
     _restart: asyncio.Task[None] | None = None
     _deployment: Path | None = None
 
@@ -623,8 +628,51 @@ class NodeLossFault(Fault):
             book.setdefault(path, time.time())
 
     async def inject(self, node: Any, harness: Harness) -> None:
+        # One call is ringing through B at the kill, always (the load's may or may not be).
+        ringing = asyncio.Event()
+        self._ringing = asyncio.create_task(self._ringing_call(harness, ringing), name="node-loss-ringing-call")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ringing.wait(), 5.0)
+        self.ringing_call["ringing_at_kill"] = ringing.is_set()
         self.killed_at = time.time()
         self.process.kill()
+
+    async def _ringing_call(self, harness: Harness, ringing: asyncio.Event) -> None:
+        """A carrier's call over the same route list as the load's (B first, then A)."""
+        from firebox.sim.carrier import (
+            CallPlan,
+            Carrier,
+            IngressRoute,
+            LocationMode,
+            Outcome,
+            RoutedCarrier,
+            RouteList,
+        )
+
+        assert self.route_a is not None
+        carrier = Carrier((*self.route_a, "udp"), domain="carrier-ringing.invalid", answer_timeout=15.0,
+                          resolver=self.sip_resolver())  # fmt: skip
+        handle = carrier._handle  # the transport is started with this attribute: watch for the 180
+
+        def spy(message: Any, source: Any) -> None:
+            if isinstance(message, SipResponse) and message.status == 180:
+                ringing.set()
+            handle(message, source)
+
+        carrier._handle = spy  # type: ignore[method-assign]
+        await carrier.start()
+        routes = RouteList([IngressRoute(ROUTE_A, (*self.route_a, "udp")),
+                            IngressRoute(ROUTE_B, ("127.0.0.1", harness.bcf_port, "udp"))])  # fmt: skip
+        lon, lat = harness.random_point(random.Random(8))
+        try:
+            results = await RoutedCarrier(carrier, routes).call(CallPlan("tel:+16035550188", lon, lat,
+                                                                         LocationMode.VALUE, 2.0))  # fmt: skip
+            final = results[-1]
+            self.ringing_call.update(connected=final.outcome is Outcome.ANSWERED, outcome=final.outcome.value,
+                                     status=final.status, route=final.route, routes_tried=[r.route for r in results],
+                                     call_id=final.call_id)  # fmt: skip
+        finally:
+            await carrier.close()
 
     async def heal(self, node: Any, harness: Harness) -> None:
         # Started in the background: the load goes on while B starts (it takes seconds).
@@ -645,9 +693,10 @@ class NodeLossFault(Fault):
     async def close(self) -> None:
         from firebox.sim.peer import stop_peer
 
-        if self._restart is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._restart), 100.0)
+        for task, bound in ((self._ringing, 30.0), (self._restart, 100.0)):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), bound)
         if self.process is not None:
             await stop_peer(self.process)
 
@@ -696,6 +745,7 @@ class NodeLossFault(Fault):
                                                if c["category"] in ("intended", "alternate", "business_line")),
             "setting_up_calls": self.setting_up_at_kill,
             "through_b_after_restart": self.through_b_after_restart,
+            "ringing_call": self.ringing_call,
             # kill -> confirmed, by path; restart started -> the outage cleared, by path
             "detect_by": {p: round(at - self.killed_at, 3) for p, at in self.confirmed.items()} if self.killed_at else {},
             "cleared_after_restart": {p: round(at - self.healed_at, 3) for p, at in self.cleared.items()}
@@ -705,6 +755,7 @@ class NodeLossFault(Fault):
     def criteria(self, rows: list[CallRow]) -> dict[str, bool]:
         return {
             "in_progress_released": all(c["released"] for c in self.up_at_kill),
+            "ringing_call_connected": bool(self.ringing_call.get("connected")),
             "node_b_restarted": self.restarted_at is not None,
         }
 
