@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ class Node:
     monitor: Any = None
     box_listener: Any = None
     console_app: Any = None
+    #: The console's sessions on the cluster's database (``firebox.console.sessions_pg``).
+    console_sessions: Any = None
     watches: list[Any] = field(default_factory=list)
     #: Safe rule changes (``elements.changes``), once the BCF + ESRP run.
     changes: Any = None
@@ -315,9 +318,22 @@ def _apps(node: Node) -> dict[str, Any]:
         cfg_console = els.console
         dep = node.deployment
         secret = dep.resolve(cfg_console.session_secret_file).read_bytes() if cfg_console.session_secret_file else None
+        users = load_users([u.model_dump(exclude_none=True) for u in cfg_console.users])
+        sessions = None
+        if dep.cluster is not None and dep.cluster.database:
+            from firebox.console.sessions_pg import PgSessions
+
+            if secret is None:
+                # A random key per node: a session started on one node would be refused by the others.
+                log.warning("console: a cluster node without elements.console.session_secret_file: "
+                            "consoles will have to sign in again when they move to another node")  # fmt: skip
+            # Sessions on the shared database: a console moved to another node stays signed in.
+            sessions = PgSessions(dep.cluster.database, secret or secrets.token_bytes(32), users=users)
+        node.console_sessions = sessions
         node.console_app = console_app(
             cad=node.cad,
-            users=load_users([u.model_dump(exclude_none=True) for u in cfg_console.users]),
+            users=users,
+            sessions=sessions,
             audit=ConsoleAudit(_store_url(dep, cfg_console.audit)),
             gis=lambda: node.towns_geojson or towns_geojson(node),
             session_secret=secret,
@@ -1243,6 +1259,9 @@ async def stop_sip(node: Node) -> None:
         await node.monitor.stop(drain=5.0)
     if node.console_app is not None:
         await node.console_app.state.console.aclose()  # its live streams end
+    if node.console_sessions is not None:
+        node.console_sessions.close()
+        node.console_sessions = None
     if node.call_handling is not None:
         await node.call_handling.close()  # its BYEs go out through the ESRP, still up
     if node.core is not None:

@@ -75,6 +75,7 @@ from firebox.console.audit import AuditEntry, ConsoleAudit
 from firebox.console.auth import ConsoleUser, Permission, Session, Sessions, SessionStore, verify_password, AuthError
 from firebox.console.live import LiveHub, poll_cad, pump_call_handling
 from firebox.console.resilience import ConsoleKit, ResilienceSource, poll_resilience, resilience_routes
+from firebox.pglink import DatabaseUnavailable
 
 log = logging.getLogger("firebox.console")
 
@@ -327,6 +328,12 @@ def console_app(
                             why = f"user {session.user.name!r} has no position to take calls at"
                         raise _Problem(403, "Forbidden", [("role", why)], audit_outcome=f"denied: {why}")
                     return await fn(request, session, doc)
+                except DatabaseUnavailable as exc:
+                    # This node is cut off from the shared database (a cluster): say so, so that
+                    # the dispatcher tries again or uses a console on another node.
+                    why = f"{exc}; try again, or from a console on another node"
+                    record(session, action or request.url.path, _target(request, doc), f"failed: 503 {why}")
+                    return problem(503, "The CAD's database cannot be reached from this node", [("", why)])
                 except _Problem as exc:
                     if action is not None or exc.audit_outcome:
                         name = request.path_params.get("action", action) if action == "call action" else action
