@@ -151,3 +151,22 @@ def test_a_busy_psap_overflowing_to_its_alternate_is_not_failing():
     c_counts = w.figures(T0 + 5).get(Scope.PSAP, "c")
     assert (c_counts.overflowed, c_counts.rerouted, c_counts.answered) == (3, 1, 0)
     assert c_counts.settled == 1  # only the bare 503 is held against it
+
+
+def test_a_call_set_up_through_another_node_is_not_counted_when_its_bye_passes_here():
+    """In a cluster a node logs the BYE of a call another node set up (that node died): the
+    watch sees its signalling and CallEnd but never its start; not a failed call here."""
+    w = Watch(PSAPS, REGIONS, ingresses={"10.0.0.0/8": "carrier-x"})
+    other = Call("adopted-1")
+    bye = f"BYE sip:psap SIP/2.0\r\nCall-ID: {other.sip}\r\nCSeq: 2 BYE\r\n\r\n"
+    w.log_event(CallSignalingMessageLogEvent(timestamp=ts(), text=bye, direction=Direction.INCOMING,
+                                             ip_address_port="10.1.2.3:5060", **other.ids), T0)  # fmt: skip
+    w.log_event(other.response(200, method="BYE"), T0)
+    w.log_event(other.end(), T0)
+    f = w.figures(T0 + 1).get(Scope.STATEWIDE)
+    assert (f.entered, f.answered, f.failed) == (0, 0, 0)
+    # This node's own unanswered call still counts as failed.
+    lost = Call("lost-2")
+    for e in (lost.start(), lost.invite(), lost.route("sip:psap-c@demo.firebox.test"), lost.end()):
+        w.log_event(e, T0 + 2)
+    assert w.figures(T0 + 3).get(Scope.STATEWIDE).failed == 1

@@ -441,6 +441,11 @@ class Watch:
             call = self._call(data, now, create=False)
             if call is None or call.done:
                 return
+            if call.element is None:
+                # A call this node never saw start: its BYE came through here after the node
+                # that set it up died (a cluster). Not a failed call of this node's.
+                self._calls.pop(str(data.get("callIdSip") or data.get("callId")), None)
+                return
             call.done = True
             if call.answered_by is None and not call.test:
                 self._settle(call, Metric.FAILED, now)
