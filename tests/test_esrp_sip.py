@@ -850,3 +850,28 @@ async def test_message_fails_over_from_a_silent_psap(demo, cleanup):
         record.failovers[0].from_target.uri == psap_uri
         and "no response" in record.failovers[0].reason
     )
+
+
+async def test_a_request_arriving_while_the_core_starts_is_handled_once_it_has_started(demo, cleanup):
+    """A node restarted under load gets INVITEs and pings before its transports are all
+    open: they are held and handled when ``start`` has its server, not lost."""
+    state, node = demo
+    core = EmergencyCore(Bcf("bcf.demo.firebox.test", sources={"127.0.0.0/8": "carrier-a"}),
+                         make_router(node, town_point(state, 0)[0]), host="127.0.0.1", port=0,
+                         transports=("udp",), resolve=lambda uri: None)  # fmt: skip
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind(("127.0.0.1", 0))
+    caller.setblocking(False)
+    port = caller.getsockname()[1]
+    try:
+        ping = (f"OPTIONS sip:bcf.demo.firebox.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKearly1\r\n"
+                f"From: <sip:ping@127.0.0.1>;tag=e1\r\nTo: <sip:bcf.demo.firebox.test>\r\nCall-ID: early-1\r\n"
+                f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()  # fmt: skip
+        core._handle(parse_message(ping), Source("udp", "127.0.0.1", port))  # before start: held
+        await core.start()
+        cleanup.append(core)
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(caller, 65535), 5)
+        answer = parse_message(data)
+        assert isinstance(answer, Response) and answer.call_id == "early-1" and answer.status == 200
+    finally:
+        caller.close()

@@ -297,6 +297,8 @@ class EmergencyCore:
         self._branches: dict[str, _Call] = {}
         self._stx_timers: dict[tuple[Any, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Messages that arrived before ``start`` had its server (bounded; a sender retransmits).
+        self._early: list[tuple[Message, Source]] = []
         self._dialogs: OrderedDict[str, tuple[Source, Address]] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -311,6 +313,9 @@ class EmergencyCore:
         )
         if self.port == 0:
             self.port = next(iter(self.server.addresses.values()))[1]
+        early, self._early = self._early, []
+        for message, source in early:
+            self._handle(message, source)
         domain = self.element_id.split(".", 1)[1] if "." in self.element_id else self.element_id
         self.state_events = StateEvents(
             self.router.states,
@@ -373,6 +378,14 @@ class EmergencyCore:
 
     def _handle(self, message: Message, source: Source) -> None:
         """The transport's handler: never raises."""
+        if self.server is None:
+            # Arrived while the transports were still opening (a node restarted under load):
+            # held until ``start`` has its server, then handled in order, not dropped.
+            if len(self._early) < 1000:
+                self._early.append((message, source))
+            else:
+                log.warning("ESRP element: a message before the start, beyond 1000 held: left to its retransmission")
+            return
         if self.call_log is not None:
             self.call_log.received(message, source, self._own_routes(message))
         try:
