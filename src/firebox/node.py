@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 import secrets
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -529,17 +530,48 @@ def log_event_urls(dep: Deployment) -> list[str]:
 # --- running ------------------------------------------------------------------------------
 
 
+def _node_server_class() -> Any:
+    import uvicorn
+
+    class NodeServer(uvicorn.Server):
+        """uvicorn's server without its own signal handling: uvicorn re-raises a captured
+        SIGTERM once its server has shut down, which killed the process before the node had
+        stopped (no goodbye to the cluster, calls and log senders cut). The node handles the
+        signals itself (``_serve``)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return NodeServer
+
+
 async def _serve(node: Node, console: Console, duration: float | None, caller_rate: float) -> None:
     import uvicorn
 
+    _NodeServer = _node_server_class()
     servers = []
     for listen, app in node.apps.items():
         host, _, port = listen.rpartition(":")
         config = uvicorn.Config(
             app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off"
         )
-        servers.append(uvicorn.Server(config))
+        servers.append(_NodeServer(config))
     tasks = [asyncio.create_task(s.serve()) for s in servers]
+    # One SIGINT/SIGTERM stops every server, then the node stops in order below (it leaves
+    # the cluster, its calls and log senders end); a second one hurries the servers.
+    loop = asyncio.get_running_loop()
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signalled.append(sig)
+        for s in servers:
+            s.force_exit = len(signalled) > 1
+            s.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
     while not all(s.started for s in servers):
         if any(t.done() for t in tasks):
             for t in tasks:
@@ -564,11 +596,17 @@ async def _serve(node: Node, console: Console, duration: float | None, caller_ra
             lookups = asyncio.create_task(_caller_load(node, caller_rate))
         if caller_rate > 0 and node.callers and node.core is not None:
             calls = asyncio.create_task(_call_load(node, caller_rate, stop))
+        serving = asyncio.gather(*tasks)
         if duration is None:
-            await asyncio.gather(*tasks)
+            await serving
         else:
-            await asyncio.sleep(duration)
+            await asyncio.wait({serving}, timeout=duration)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        if signalled and console is not None:
+            console.print(f"stopping ({signal.Signals(signalled[0]).name})")
         stop.set()
         if calls is not None:
             # Calls in progress hang up and finish (bounded), so the summary counts them.

@@ -231,8 +231,10 @@ class ProbeRunner:
         answer_timeout: float = 4.0,
         hold: float = 0.2,
         clock: Callable[[], float] = time.time,
+        resolver: Any = None,
     ) -> None:
         self.planner = planner
+        self.resolver = resolver
         self.on_result = on_result
         self.host = host
         self.answer_timeout = answer_timeout
@@ -249,7 +251,8 @@ class ProbeRunner:
 
         for ingress in self.planner.ingresses:
             carrier = Carrier((ingress.host, ingress.port, ingress.transport), host=self.host,
-                              domain="probe.firebox.invalid", answer_timeout=self.answer_timeout)  # fmt: skip
+                              domain="probe.firebox.invalid", answer_timeout=self.answer_timeout,
+                              resolver=self.resolver)  # fmt: skip
             await carrier.start()
             self.carriers[ingress.name] = carrier
         self._task = asyncio.create_task(self._loop(), name="monitor-probes")

@@ -53,6 +53,9 @@ class MonitorConfig:
     probe_answer_timeout: float = 4.0
     probe_hold: float = 0.2
     probe_host: str = "127.0.0.1"
+    #: RFC 3263 over a cluster's nodes: a probe's BYE follows its route set (the cluster's
+    #: name) to whichever node answers (``firebox.node.cluster_resolver``); None: no cluster.
+    probe_resolver: Any = None
     window: float = 300.0
     profile: tuple[float, ...] = DEFAULT_PROFILE
     timezone: str = "America/New_York"
@@ -92,7 +95,7 @@ class Monitor:
             planner = ProbePlanner(config.ingresses, config.targets, period=config.probe_period, start=clock())
             self.runner = ProbeRunner(planner, self._on_probe, host=config.probe_host,
                                       answer_timeout=config.probe_answer_timeout, hold=config.probe_hold,
-                                      clock=clock)  # fmt: skip
+                                      clock=clock, resolver=config.probe_resolver)  # fmt: skip
         self.updates: deque[OutageUpdate] = deque(maxlen=500)
         self.probe_counts: Counter[tuple[str, str, str]] = Counter()  # (ingress, psap, outcome)
         self._outbox: asyncio.Queue[OutageUpdate] | None = None
@@ -237,6 +240,10 @@ def config_from_node(node: Any, *, regions: Mapping[str, str] | None = None, **o
         transport = dep.elements.bcf.transports[0] if dep.elements.bcf is not None else "udp"
         ingresses.append(Ingress(f"bcf.{dep.authority.domain}", host, node.core.port, transport))
     networks = dict(dep.elements.bcf.sources) if dep.elements.bcf is not None else {}
+    if dep.cluster is not None and "probe_resolver" not in options:
+        from firebox.node import cluster_resolver
+
+        options["probe_resolver"] = cluster_resolver(dep, (ingresses[0].transport,) if ingresses else ("udp",))
     return MonitorConfig(
         psaps={p.id: p.uri for p in dep.psaps}, regions=regions, ingresses=ingresses,
         targets=targets_from_deployment(dep, node.index, regions), ingress_networks=networks, **options,
