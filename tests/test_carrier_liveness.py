@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from test_psap_ua import core as psap_core  # the sans-I/O PSAP kit of the UA's tests
+from test_psap_ua import invite as psap_invite
+from test_psap_ua import replies
+
+from firebox.psap.ua import CallState, SendRequest, TimerName
 from firebox.sim.carrier import (
     TARGET_LOST,
     CallPlan,
@@ -316,3 +321,20 @@ async def test_a_bye_of_the_abandoned_attempts_dialog_does_not_end_the_live_call
         call.cancel()
         await closed(carrier, dying, live)
     assert result.outcome is Outcome.ANSWERED and result.ended_by == "carrier" and result.bye_status == 200
+
+
+def test_the_psap_ends_the_ghost_call_the_abandoned_attempt_left() -> None:
+    """The PSAP side (``firebox.psap.ua``): the first attempt's 200 went to the node that
+    died, so it is never ACKed; after 64*T1 the PSAP hangs up with a BYE (13.3.1.4), which
+    the carrier refuses 481 (not its dialog: the test above), and the call is ended."""
+    psap = psap_core()
+    ok = replies(psap.receive(psap_invite(), "src", 0.0))[-1]
+    assert ok.status == 200
+    (call,) = psap.calls.values()
+    actions = psap.timer(call.key, TimerName.NO_ACK, 32.0)
+    (bye,) = [a.request for a in actions if isinstance(a, SendRequest)]
+    assert bye.method == "BYE" and call.state is CallState.HANGING_UP
+    psap.receive(make_response(bye, 481), "src", 32.1)
+    assert call.state is CallState.ENDED
+    assert psap.stats["no_ack"] == 1 and psap.stats["bye_refused"] == 1
+    assert psap.counts["psap-01"].ended_by_psap == 1
