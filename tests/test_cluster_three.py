@@ -38,20 +38,13 @@ from firebox.deployment import load_deployment
 from firebox.node import DEMO_CONSOLE_PASSWORD, cluster_resolver, write_demo
 from firebox.psap.ua import AgentMode, PsapAgents, Queue
 from firebox.sim.carrier import CallPlan, CallResult, Carrier, Outcome
+from firebox.sim.peer import free_sip_port
 
 NODES = ("node-a", "node-b", "node-c")
 #: What the run measured (printed, and kept under artifacts/cluster for docs/cluster.md).
 FIGURES: dict[str, Any] = {}
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "cluster"
 SEED, TOWNS = 911, 40
-
-
-def _free_udp() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _via(url: str, relay: TcpRelay) -> str:
@@ -100,7 +93,7 @@ class Cluster:
     def __init__(self, tmp: Path, db: str) -> None:
         self.tmp, self.db = tmp, db
         self.name = f"core-{uuid.uuid4().hex[:10]}.test.invalid"
-        self.ports = {n: {"http": free_tcp_port(), "sip": _free_udp()} for n in NODES}
+        self.ports = {n: {"http": free_tcp_port(), "sip": free_sip_port()} for n in NODES}
         self.procs: dict[str, NodeProcess] = {}
         self.relays: dict[str, TcpRelay] = {}
         self.agents: PsapAgents | None = None
@@ -117,7 +110,7 @@ class Cluster:
         self.relays["console"] = await TcpRelay([("127.0.0.1", self.ports[n]["http"]) for n in NODES]).start()
         secret = self.tmp / "console-secret"
         secret.write_bytes(uuid.uuid4().bytes * 2)
-        agents_port = _free_udp()
+        agents_port = free_sip_port()
         for n in NODES:
             cut = n == "node-c"
             self.deployments[n] = _write_node(

@@ -100,7 +100,7 @@ def cluster_services_problem(database: str, nats: str, timeout: float = 3.0) -> 
     return _nats_problem(nats, timeout)
 
 
-def _free_port() -> int:
+def free_sip_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
     for _ in range(50):  # bounded
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
@@ -165,7 +165,7 @@ def prepare_pair(a_deployment: Path, work: Path, *, seed: int, n_towns: int, dat
     name = f"core-{uuid.uuid4().hex[:10]}.scenario.invalid"
     a_doc = yaml.safe_load(a_deployment.read_text())
     a_http = int(str(a_doc["elements"]["web"]["listen"]).rpartition(":")[2])
-    a_sip, a_agents, b_sip, b_http = _free_port(), _free_port(), _free_port(), _free_port()
+    a_sip, a_agents, b_sip, b_http = free_sip_port(), free_sip_port(), free_sip_port(), free_sip_port()
     pair = {NODE_A: (a_sip, a_http), NODE_B: (b_sip, b_http)}
     a_els = a_doc["elements"]
     a_els["bcf"]["listen"] = f"127.0.0.1:{a_sip}"
