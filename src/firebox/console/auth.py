@@ -218,6 +218,23 @@ class SessionStore(Protocol):
     def csrf_ok(self, session: Session, token: str | None) -> bool: ...
 
 
+def session_cookie(secret: bytes, sid: str) -> str:
+    """The cookie value naming session ``sid``: ``id.signature`` (HMAC-SHA256 with ``secret``)."""
+    return f"{sid}.{_b64(hmac.new(secret, sid.encode('ascii'), hashlib.sha256).digest())}"
+
+
+def cookie_session_id(secret: bytes, cookie: str | None) -> str | None:
+    """The session id a cookie names when its signature is good; None when absent or forged."""
+    if not cookie or "." not in cookie:
+        return None
+    sid, _, _sig = cookie.rpartition(".")
+    try:
+        good = hmac.compare_digest(cookie.encode("ascii"), session_cookie(secret, sid).encode("ascii"))
+    except (UnicodeEncodeError, ValueError):
+        return None
+    return sid if good else None
+
+
 class Sessions:
     """Signed-in sessions, keyed by a random id; the cookie value is ``id.signature``.
     Idle sessions end after ``idle`` (a console left signed in on an empty desk)."""
@@ -229,26 +246,17 @@ class Sessions:
         self._idle = idle
         self._sessions: dict[str, Session] = {}
 
-    def _sign(self, sid: str) -> str:
-        return _b64(hmac.new(self._secret, sid.encode("ascii"), hashlib.sha256).digest())
-
     def start(self, user: ConsoleUser, now: datetime) -> tuple[Session, str]:
         """A new session and the cookie value that names it."""
         sid = secrets.token_urlsafe(24)
         session = Session(sid, user, secrets.token_urlsafe(24), now, now)
         self._sessions[sid] = session
-        return session, f"{sid}.{self._sign(sid)}"
+        return session, session_cookie(self._secret, sid)
 
     def get(self, cookie: str | None, now: datetime) -> Session | None:
         """The session a cookie names: None when absent, forged, ended or idle too long."""
-        if not cookie or "." not in cookie:
-            return None
-        sid, _, sig = cookie.rpartition(".")
-        try:
-            good = hmac.compare_digest(sig.encode("ascii"), self._sign(sid).encode("ascii"))
-        except (UnicodeEncodeError, ValueError):
-            return None
-        if not good:
+        sid = cookie_session_id(self._secret, cookie)
+        if sid is None:
             return None
         session = self._sessions.get(sid)
         if session is None:

@@ -51,9 +51,7 @@ that vanished breaks the connection instead of hanging the thread), ``statement_
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import hmac
 import logging
 import os
@@ -69,7 +67,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from firebox.console.auth import AuthError, ConsoleUser, Session
+from firebox.console.auth import (
+    AuthError,
+    ConsoleUser,
+    Session,
+    cookie_session_id,
+    session_cookie,
+)
 
 __all__ = ["PgSessions", "SCHEMA"]
 
@@ -305,20 +309,9 @@ class PgSessions:
 
     # --- cookies ---------------------------------------------------------------------------
 
-    def _sign(self, sid: str) -> str:
-        digest = hmac.new(self._secret, sid.encode("ascii"), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
     def _sid(self, cookie: str | None) -> str | None:
         """The session id a cookie names if its signature is good (as ``Sessions.get``)."""
-        if not cookie or "." not in cookie:
-            return None
-        sid, _, sig = cookie.rpartition(".")
-        try:
-            good = hmac.compare_digest(sig.encode("ascii"), self._sign(sid).encode("ascii"))
-        except (UnicodeEncodeError, ValueError):
-            return None
-        return sid if good else None
+        return cookie_session_id(self._secret, cookie)
 
     # --- the SessionStore protocol ---------------------------------------------------------
 
@@ -339,7 +332,7 @@ class PgSessions:
         except _Unavailable:
             self._pending.append(insert)
             log.warning("console sessions: %s signed in on this node only until PostgreSQL is back", user.name)
-        return session, f"{sid}.{self._sign(sid)}"
+        return session, session_cookie(self._secret, sid)
 
     def get(self, cookie: str | None, now: datetime) -> Session | None:
         """The session a cookie names: None when absent, forged, ended (on any node), idle too
