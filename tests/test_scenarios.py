@@ -8,6 +8,8 @@ Real SIP and HTTP on 127.0.0.1; every wait bounded."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from firebox.sim.faults import FAULTS
@@ -26,14 +28,17 @@ SPEED = {"tdos": 10.0}
 FAULT_FOR = {"tdos": 10.0}
 
 
-#: Scenarios run by their own test file (they need more than this one process).
-OWN_FILE = {"node-loss": "a second node, PostgreSQL and NATS: tests/test_scenario_node_loss.py runs it"}
+#: Scenarios run by their own test file (they need more than this one process): node-loss
+#: (a second node, PostgreSQL and NATS) by tests/test_scenario_node_loss.py.
+OWN_FILE = {"node-loss"}
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
+def test_every_scenario_is_tested() -> None:
+    assert OWN_FILE <= set(FAULTS) and (Path(__file__).parent / "test_scenario_node_loss.py").exists()
+
+
+@pytest.mark.parametrize("name", [n for n in FAULTS if n not in OWN_FILE])
 async def test_scenario(name, tmp_path):
-    if name in OWN_FILE:
-        pytest.skip(OWN_FILE[name])
     cfg = ScenarioConfig(name, speed=SPEED.get(name, 20.0), surge=10.0, warmup=3.0, fault_for=FAULT_FOR.get(name, 8.0),
                          tail=2.0, work_dir=tmp_path)  # fmt: skip
     result = (await run_scenario(cfg)).as_dict()
