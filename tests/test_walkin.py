@@ -7,8 +7,6 @@ Service."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from firebox import jws
 from firebox.cad.data import boxes_from_demo, units_from_stations
@@ -36,8 +33,7 @@ from firebox.location.civic import CivicAddress
 from firebox.location.shapes import Point
 from firebox.logging.events import LogEvent, check_uid, validate
 from firebox.logging.sender import LogSender
-from firebox.logging.service import create_app as create_logging_app
-from firebox.logging.store import open_store
+from test_psap_logevents import logging_service  # noqa: F401 -- a fixture (the Logging Service on 127.0.0.1)
 
 T0 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC)
 FQDN = "cad.demo.firebox.test"
@@ -217,32 +213,8 @@ async def test_walk_in_log_events_carry_its_identifiers(world):
     assert location["validated"] is True and location["method"] == "lvf" and location["servedBy"][0]["service"] == "urn:service:sos"
 
 
-@pytest.fixture
-async def logging_service(tmp_path):
-    url = f"sqlite:///{tmp_path}/logs.db"
-    store = open_store(url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    server = uvicorn.Server(uvicorn.Config(create_logging_app(store, fqdn="logs.example.net"),
-                                           log_level="warning", lifespan="off"))  # fmt: skip
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):  # bounded wait for start-up
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "the Logging Service did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", store
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
-        store.close()
-
-
-async def test_the_logging_service_keeps_the_walk_in_as_a_conversation(world, logging_service, tmp_path):
-    base, store = logging_service
+async def test_the_logging_service_keeps_the_walk_in_as_a_conversation(world, logging_service, tmp_path):  # noqa: F811
+    base, store, _url = logging_service
     async with LogSender([base], str(tmp_path / "spool"), None, FQDN, fsync=False) as sender:
         logger = CadLogger(sender, element_id=FQDN, agency_id="demo.firebox.test")
         cad = make_cad(world, log=logger)
